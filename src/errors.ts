@@ -1,0 +1,89 @@
+/**
+ * Every error butterfly reports carries a stable `code` (`BF_ERR_…`) and the HTTP
+ * `status` a client sees for it. Code is matched by `code`, never by message text.
+ * Errors cross process boundaries as `{ code, status, message }` only: no stack.
+ */
+
+/** The stable error codes and the status each one answers with. */
+export const ERROR_STATUS = Object.freeze({
+  BF_ERR_BAD_REQUEST: 400,
+  BF_ERR_NOT_FOUND: 404,
+  BF_ERR_METHOD_NOT_ALLOWED: 405,
+  BF_ERR_BODY_TOO_LARGE: 413,
+  BF_ERR_URL_TOO_LONG: 414,
+  BF_ERR_HEADERS_TOO_LARGE: 431,
+  BF_ERR_STAGE_FAILED: 500,
+  BF_ERR_NO_NEXT_STAGE: 500,
+  BF_ERR_INTERNAL: 500,
+  BF_ERR_NOT_IMPLEMENTED: 501,
+  BF_ERR_WORKER_DIED: 502,
+  BF_ERR_OVERLOADED: 503,
+  BF_ERR_NO_WORKER: 503,
+  BF_ERR_DRAINING: 503,
+  BF_ERR_DEADLINE: 504,
+  BF_ERR_HTTP_VERSION: 505,
+} as const);
+
+/** One of the stable error codes. */
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** The plain form of an error as it travels between processes and to clients. */
+export interface ErrorRecord {
+  readonly code: string;
+  readonly status: number;
+  readonly message: string;
+}
+
+/**
+ * An error with a stable code and HTTP status. Throw it from a stage handler to
+ * answer the client with that status and message (no stack trace is ever sent).
+ */
+export class ButterflyError extends Error implements ErrorRecord {
+  readonly code: string;
+  readonly status: number;
+
+  constructor(code: ErrorCode, message: string, status: number = ERROR_STATUS[code]) {
+    super(message);
+    this.name = 'ButterflyError';
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** Thrown at construction when an option is invalid; names the option and its value. */
+export class InvalidOptionError extends Error {
+  readonly code = 'BF_ERR_INVALID_OPTION';
+  readonly option: string;
+
+  constructor(option: string, expected: string, got: unknown) {
+    super(`${option} must be ${expected}, got ${describe(got)}`);
+    this.name = 'InvalidOptionError';
+    this.option = option;
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === undefined || value === null || typeof value !== 'object') return String(value);
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+/** Shorthand for `new ButterflyError(code, message)`. */
+export function bfError(code: ErrorCode, message: string): ButterflyError {
+  return new ButterflyError(code, message);
+}
+
+/**
+ * Turns anything a stage threw into the record a client may see: a ButterflyError keeps
+ * its code, status and message; anything else becomes `BF_ERR_STAGE_FAILED` (500) with
+ * a message naming only the stage.
+ */
+export function toErrorRecord(err: unknown, stageName: string): ErrorRecord {
+  if (err instanceof ButterflyError) return { code: err.code, status: err.status, message: err.message };
+  return { code: 'BF_ERR_STAGE_FAILED', status: 500, message: `stage ${stageName} failed` };
+}

@@ -1,0 +1,243 @@
+import * as zmq from 'zeromq';
+import { ERROR_STATUS } from '../errors.js';
+import { type Logger, silentLogger } from '../logger.js';
+import { endpoint, integerIn, withDefaults } from '../options.js';
+import {
+  Kind,
+  Outbox,
+  configureSocket,
+  decodeRecords,
+  readError,
+  readResponse,
+  receiveEach,
+  writeValue,
+  type ErrorData,
+  type ResponseData,
+  type Value,
+} from '../wire/index.js';
+
+/** Options of a pipeline client. */
+export interface PipelineClientOptions {
+  /** Where final answers arrive (bound, PULL). */
+  loopback: string;
+  /** Frontend addresses of every stage's proxy, in order; jobs go to the first, cancels to all. */
+  stages: string[];
+  /** Requests in flight at most; past it `submit` refuses at once with 503. Default 10000. */
+  maxInFlight: number;
+  /** Time from submit to the answer, at most, in ms; then 504. Default 30000. */
+  requestTimeoutMs: number;
+  /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
+  maxMessageBytes: number;
+  logger: Logger;
+}
+
+/** Defaults for the options that have them. */
+export const CLIENT_DEFAULTS = Object.freeze({
+  maxInFlight: 10_000,
+  requestTimeoutMs: 30_000,
+  maxMessageBytes: 64 * 1024 * 1024,
+  logger: silentLogger,
+});
+
+/**
+ * Receives the one answer of a request: a response, or an error (exactly one of the two
+ * is non-null). Called exactly once per accepted request.
+ */
+export type AnswerHandler = (response: ResponseData | null, error: ErrorData | null) => void;
+
+interface Pending {
+  readonly id: number;
+  readonly deadline: number;
+  readonly onAnswer: AnswerHandler;
+}
+
+const DEADLINE_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: 'deadline reached' });
+const OVERLOAD_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_OVERLOADED', status: ERROR_STATUS.BF_ERR_OVERLOADED, message: 'too many requests in flight' });
+const CLOSED_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DRAINING', status: ERROR_STATUS.BF_ERR_DRAINING, message: 'the server is shutting down' });
+
+/**
+ * Submits jobs to a pipeline and matches every final answer that arrives on the loopback
+ * to its request by id. It holds the contract's core: each accepted request gets exactly
+ * one answer, by its deadline at the latest (504), and no answer reaches the wrong request
+ * (answers for unknown or already answered ids are dropped). Free of HTTP: the HTTP front
+ * end, the simulation and programmatic callers all use it.
+ */
+export class PipelineClient {
+  /** Lifecycle state. */
+  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  private readonly options: PipelineClientOptions;
+  private readonly logger: Logger;
+  private readonly loopback = new zmq.Pull();
+  private readonly stageSockets: zmq.Push[];
+  private readonly toStages: Outbox[];
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private loop: Promise<void> | undefined;
+  private drained: (() => void) | undefined;
+  /** Messages on the loopback that could not be decoded, since start. */
+  undecodable = 0;
+  /** Answers for ids not in flight (late, duplicate or forged), dropped, since start. */
+  unmatched = 0;
+
+  constructor(options: Partial<PipelineClientOptions> & Pick<PipelineClientOptions, 'loopback' | 'stages'>) {
+    const o = withDefaults<PipelineClientOptions>(CLIENT_DEFAULTS as PipelineClientOptions, options);
+    endpoint('loopback', o.loopback);
+    if (!Array.isArray(o.stages) || o.stages.length === 0) throw new TypeError('stages must list at least one stage address');
+    o.stages.forEach((s, i) => endpoint(`stages[${i}]`, s));
+    integerIn('maxInFlight', o.maxInFlight, 1);
+    integerIn('requestTimeoutMs', o.requestTimeoutMs, 1);
+    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
+    this.options = o;
+    this.logger = o.logger;
+    const link = { maxMessageBytes: o.maxMessageBytes };
+    configureSocket(this.loopback, link);
+    this.stageSockets = o.stages.map(() => {
+      const s = new zmq.Push();
+      configureSocket(s, link);
+      return s;
+    });
+    this.toStages = this.stageSockets.map((s, i) => new Outbox(s, this.logger, `stage ${i}`));
+  }
+
+  /** Binds the loopback and connects to the stages. */
+  async start(): Promise<void> {
+    await this.loopback.bind(this.options.loopback);
+    this.stageSockets.forEach((s, i) => s.connect(this.options.stages[i]!));
+    this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'loopback');
+    const every = Math.max(5, Math.min(100, Math.floor(this.options.requestTimeoutMs / 10)));
+    this.sweepTimer = setInterval(() => this.sweep(), every);
+    this.sweepTimer.unref();
+    this.state = 'running';
+  }
+
+  /** Requests waiting for their answer. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Sends `payload` to stage 1. Returns the request's id, or 0 when the request was
+   * refused at once (too many in flight, or closing): `onAnswer` has then already been
+   * called with the 503 error.
+   */
+  submit(payload: Value, onAnswer: AnswerHandler): number {
+    if (this.state !== 'running') {
+      onAnswer(null, CLOSED_ERROR);
+      return 0;
+    }
+    if (this.pending.size >= this.options.maxInFlight) {
+      onAnswer(null, OVERLOAD_ERROR);
+      return 0;
+    }
+    let id = (this.nextId + 1) >>> 0;
+    if (id === 0) id = 1;
+    this.nextId = id;
+    const deadline = Date.now() + this.options.requestTimeoutMs;
+    const outbox = this.toStages[0]!;
+    const w = outbox.writer;
+    w.begin(Kind.JOB, 0, 0, id, deadline);
+    try {
+      writeValue(w, payload);
+    } catch (err) {
+      w.abort();
+      throw err;
+    }
+    w.end();
+    this.pending.set(id, { id, deadline, onAnswer });
+    outbox.schedule();
+    return id;
+  }
+
+  /** Withdraws a request (its client went away): no answer is given, and every stage drops or aborts it. */
+  cancel(id: number): void {
+    if (!this.pending.delete(id)) return;
+    this.broadcastCancel(id);
+    this.checkDrained();
+  }
+
+  /** Stops taking requests and resolves once every one in flight is answered (or timed out). */
+  async drain(): Promise<void> {
+    if (this.state === 'running') this.state = 'draining';
+    if (this.pending.size === 0) return;
+    await new Promise<void>((resolve) => (this.drained = resolve));
+  }
+
+  /** Stops at once: requests in flight are answered 503. Idempotent. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) p.onAnswer(null, CLOSED_ERROR);
+    this.checkDrained();
+    this.loopback.close();
+    for (const s of this.stageSockets) s.close();
+    await this.loop;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private broadcastCancel(id: number): void {
+    for (let i = 0; i < this.toStages.length; i++) {
+      const outbox = this.toStages[i]!;
+      outbox.writer.empty(Kind.CANCEL, i, id);
+      outbox.schedule();
+    }
+  }
+
+  private onLoopback(frames: Buffer[]): void {
+    let records;
+    try {
+      records = decodeRecords(frames[0] ?? Buffer.alloc(0));
+    } catch (err) {
+      this.undecodable++;
+      this.logger.warn({ err }, 'undecodable message on the loopback dropped');
+      return;
+    }
+    for (const r of records) {
+      if (r.kind !== Kind.RESULT && r.kind !== Kind.ERROR) continue;
+      const p = this.pending.get(r.id);
+      if (p === undefined) {
+        this.unmatched++;
+        continue;
+      }
+      let response: ResponseData | null = null;
+      let error: ErrorData | null = null;
+      try {
+        if (r.kind === Kind.RESULT) response = readResponse(r.payload);
+        else error = readError(r.payload);
+      } catch (err) {
+        this.undecodable++;
+        this.logger.warn({ err, id: r.id }, 'undecodable answer on the loopback');
+        error = { code: 'BF_ERR_INTERNAL', status: 500, message: 'undecodable answer' };
+      }
+      this.pending.delete(r.id);
+      p.onAnswer(response, error);
+    }
+    this.checkDrained();
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    // Deadlines are submit time plus one fixed timeout, so the map's order is deadline order.
+    for (const p of this.pending.values()) {
+      if (p.deadline > now) break;
+      this.pending.delete(p.id);
+      this.broadcastCancel(p.id);
+      p.onAnswer(null, DEADLINE_ERROR);
+    }
+    this.checkDrained();
+  }
+
+  private checkDrained(): void {
+    if (this.pending.size === 0 && this.drained !== undefined) {
+      const done = this.drained;
+      this.drained = undefined;
+      done();
+    }
+  }
+}

@@ -1,0 +1,169 @@
+import { createRequire } from 'node:module';
+import type { HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
+import type { ErrorData } from '../../wire/index.js';
+import { checkHead, errorBody, refusal, statusLine } from '../checks.js';
+import type { EngineHandler, EngineLimits, EngineReply, HttpEngine, Refusal } from './engine.js';
+
+type Uws = typeof import('uWebSockets.js');
+
+/** Thrown when uWebSockets.js fell back to its slow pure-JS copy. */
+export class UwsUnavailableError extends Error {
+  readonly code = 'BF_ERR_UWS_UNAVAILABLE';
+  constructor() {
+    super(
+      `the uws engine needs uWebSockets.js's native addon, which did not load on this platform ` +
+        `(${process.platform}-${process.arch}, Node ${process.versions.node}, ABI ${process.versions.modules}); use --engine node`,
+    );
+    this.name = 'UwsUnavailableError';
+  }
+}
+
+/**
+ * Loads uWebSockets.js and checks that its native addon, not the pure-JS fallback the
+ * package silently switches to, is what loaded.
+ * @throws UwsUnavailableError when the native addon did not load.
+ */
+export async function loadUws(): Promise<Uws> {
+  const uws = (await import('uWebSockets.js')).default as unknown as Uws;
+  const cache = createRequire(import.meta.url).cache;
+  const native = Object.keys(cache).some((path) => path.includes('uWebSockets.js') && path.endsWith('.node'));
+  if (!native) throw new UwsUnavailableError();
+  return uws;
+}
+
+/**
+ * The `uws` engine: uWebSockets.js, the fastest, for HTTP/1.1 clients that send `Host`.
+ * uWS itself ignores HTTP/1.0 requests and HTTP/1.1 requests without `Host` (they hang
+ * until its idle timeout), and accepts duplicate or empty Content-Length, very long
+ * targets and header blocks: the checks of `checkHead` run before anything else.
+ */
+export class UwsEngine implements HttpEngine {
+  private readonly app: TemplatedApp;
+  private listenSocket: us_listen_socket | undefined;
+
+  constructor(
+    private readonly uws: Uws,
+    private readonly limits: EngineLimits,
+    private readonly handler: EngineHandler,
+    private readonly onRefusal: Refusal,
+  ) {
+    this.app = uws.App();
+    this.app.any('/*', (res, req) => {
+      // This uWS build reports every method in lower case, so the case a client sent is lost.
+      const method = req.getMethod().toUpperCase();
+      const reply = new UwsReply(res, method === 'HEAD');
+      const path = req.getUrl();
+      const query = req.getQuery();
+      const target = query === undefined || query === '' ? path : `${path}?${query}`;
+      const headers: string[] = [];
+      req.forEach((name, value) => {
+        headers.push(name, value);
+      });
+      const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+      const bad = checkHead(method, target, headers, this.limits);
+      if (bad !== null) {
+        this.refuse(reply, bad);
+        return;
+      }
+      const contentLength = req.getHeader('content-length');
+      const chunked = req.getHeader('transfer-encoding') !== '';
+      if (contentLength === '' || contentLength === '0') {
+        if (!chunked) {
+          this.handler({ method, target, httpVersion: '1.1', headers, body: EMPTY, remoteAddress }, reply);
+          return;
+        }
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.onData((chunk, isLast) => {
+        if (reply.aborted || reply.sent) return;
+        size += chunk.byteLength;
+        if (size > this.limits.maxBodyBytes) {
+          this.refuse(reply, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
+          return;
+        }
+        // The chunk's memory is uWS's and is reused after this callback: copy it.
+        chunks.push(Buffer.from(new Uint8Array(chunk)));
+        if (isLast) {
+          const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+          this.handler({ method, target, httpVersion: '1.1', headers, body, remoteAddress }, reply);
+        }
+      });
+    });
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.app.listen(host, port, (socket) => {
+        if (socket === false) {
+          reject(new Error(`uws engine could not listen on ${host}:${port}`));
+          return;
+        }
+        this.listenSocket = socket;
+        resolve(this.uws.us_socket_local_port(socket as unknown as Parameters<Uws['us_socket_local_port']>[0]));
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    if (this.listenSocket !== undefined) {
+      this.uws.us_listen_socket_close(this.listenSocket);
+      this.listenSocket = undefined;
+    }
+    return Promise.resolve();
+  }
+
+  private refuse(reply: UwsReply, err: ErrorData): void {
+    this.onRefusal(err.status, err.code);
+    const { headers, body } = errorBody(err);
+    reply.send(err.status, headers, body, true);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+class UwsReply implements EngineReply {
+  aborted = false;
+  sent = false;
+  private abortFn: (() => void) | undefined;
+  private readonly writeBound: () => void;
+  private status = 0;
+  private headers: readonly string[] = [];
+  private body: Buffer = EMPTY;
+  private close = false;
+
+  constructor(
+    private readonly res: HttpResponse,
+    private readonly head: boolean,
+  ) {
+    // Must be registered before any asynchronous work: uWS requires it.
+    res.onAborted(() => {
+      this.aborted = true;
+      this.abortFn?.();
+    });
+    this.writeBound = () => this.write();
+  }
+
+  onAbort(fn: () => void): void {
+    this.abortFn = fn;
+  }
+
+  send(status: number, headers: readonly string[], body: Buffer, close: boolean): void {
+    if (this.sent || this.aborted) return;
+    this.sent = true;
+    this.status = status;
+    this.headers = headers;
+    this.body = body;
+    this.close = close;
+    this.res.cork(this.writeBound);
+  }
+
+  private write(): void {
+    const res = this.res;
+    res.writeStatus(statusLine(this.status));
+    const h = this.headers;
+    for (let i = 0; i + 1 < h.length; i += 2) res.writeHeader(h[i]!, h[i + 1]!);
+    if (this.head) res.endWithoutBody(this.body.length, this.close);
+    else res.end(this.body, this.close);
+  }
+}

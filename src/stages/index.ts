@@ -1,0 +1,25 @@
+/** The stage API, pipeline descriptions, and the built-in is_prime stages. */
+export {
+  defineStage,
+  makeReply,
+  HttpRequest,
+  NextOutcome,
+  Reply,
+  type StageDefinition,
+  type StageContext,
+  type StageOutcome,
+  type ReplyBody,
+  type ReplyInit,
+} from './stage.js';
+export {
+  validatePipeline,
+  loadPipelineFile,
+  importStage,
+  isPrimePipeline,
+  type PipelineDescription,
+  type PipelineStage,
+  type WorkerTransport,
+} from './pipeline.js';
+export { parsePossiblePrime, MAX_POSSIBLE_PRIME } from './is-prime/parse.js';
+export { isPrime } from './is-prime/check.js';
+export { ButterflyError } from '../errors.js';

@@ -1,0 +1,107 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { InvalidOptionError } from '../errors.js';
+import { integerIn, oneOf } from '../options.js';
+import type { StageDefinition } from './stage.js';
+
+/** How a stage's workers run: threads of this process, or separate processes. */
+export type WorkerTransport = 'thread' | 'process';
+
+/** One stage of a pipeline description. */
+export interface PipelineStage {
+  /** Path or file URL of the module whose default export is the stage (`defineStage`). */
+  readonly module: string;
+  /** Workers of this stage (default: the pipeline's `workers`). */
+  readonly workers?: number;
+  /** Jobs one worker holds at once (default: the stage's own `concurrency`, else 1). */
+  readonly concurrency?: number;
+  /** Jobs waiting for a worker of this stage, at most (default 1024). */
+  readonly maxQueue?: number;
+  /** Threads or processes (default: the pipeline's `transport`). */
+  readonly transport?: WorkerTransport;
+}
+
+/** The stages of a pipeline, in order. */
+export interface PipelineDescription {
+  readonly stages: readonly PipelineStage[];
+}
+
+const TRANSPORTS: readonly WorkerTransport[] = ['thread', 'process'];
+
+/**
+ * Checks a pipeline description and resolves relative module paths against `baseDir`.
+ * @throws InvalidOptionError naming the field, e.g. `stages[1].workers`.
+ */
+export function validatePipeline(description: unknown, baseDir: string): PipelineDescription {
+  if (description === null || typeof description !== 'object') throw new InvalidOptionError('pipeline', 'an object', description);
+  const stages = (description as { stages?: unknown }).stages;
+  if (!Array.isArray(stages) || stages.length === 0 || stages.length > 255) {
+    throw new InvalidOptionError('stages', 'a list of 1 to 255 stages', stages);
+  }
+  return {
+    stages: stages.map((raw: unknown, i): PipelineStage => {
+      const at = `stages[${i}]`;
+      if (raw === null || typeof raw !== 'object') throw new InvalidOptionError(at, 'an object', raw);
+      const s = raw as Record<string, unknown>;
+      for (const key of Object.keys(s)) {
+        if (!['module', 'workers', 'concurrency', 'maxQueue', 'transport'].includes(key)) {
+          throw new InvalidOptionError(`${at}.${key}`, 'one of module, workers, concurrency, maxQueue, transport', key);
+        }
+      }
+      if (typeof s.module !== 'string' || s.module.length === 0) throw new InvalidOptionError(`${at}.module`, 'a module path', s.module);
+      const out: { -readonly [K in keyof PipelineStage]: PipelineStage[K] } = { module: resolveModule(s.module, baseDir) };
+      if (s.workers !== undefined) out.workers = integerIn(`${at}.workers`, s.workers, 1, 256);
+      if (s.concurrency !== undefined) out.concurrency = integerIn(`${at}.concurrency`, s.concurrency, 1, 65536);
+      if (s.maxQueue !== undefined) out.maxQueue = integerIn(`${at}.maxQueue`, s.maxQueue, 0);
+      if (s.transport !== undefined) out.transport = oneOf(`${at}.transport`, s.transport, TRANSPORTS);
+      return out;
+    }),
+  };
+}
+
+function resolveModule(module: string, baseDir: string): string {
+  if (module.startsWith('file:')) return module;
+  if (module.startsWith('.') || isAbsolute(module)) return pathToFileURL(resolve(baseDir, module)).href;
+  return module; // a package name, resolved by import()
+}
+
+/** Reads a JSON pipeline file; relative module paths are relative to the file. */
+export async function loadPipelineFile(path: string): Promise<PipelineDescription> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new InvalidOptionError('pipeline', 'a readable file', `${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new InvalidOptionError('pipeline', 'a JSON file', `${path} (${(err as Error).message})`);
+  }
+  return validatePipeline(parsed, dirname(resolve(path)));
+}
+
+/**
+ * Imports a stage module and returns its default export.
+ * @throws TypeError when the module has no stage as its default export.
+ */
+export async function importStage(module: string): Promise<StageDefinition> {
+  const mod = (await import(module)) as { default?: unknown };
+  const stage = mod.default as StageDefinition | undefined;
+  if (stage === undefined || stage === null || typeof stage !== 'object' || typeof stage.handle !== 'function' || typeof stage.name !== 'string') {
+    throw new TypeError(`${module} has no stage as its default export (use defineStage)`);
+  }
+  return stage;
+}
+
+/** The built-in is_prime pipeline: stage 1 parses and answers the cheap cases, stage 2 does trial division. */
+export function isPrimePipeline(): PipelineDescription {
+  return {
+    stages: [
+      { module: new URL('./is-prime/parse.js', import.meta.url).href },
+      { module: new URL('./is-prime/check.js', import.meta.url).href },
+    ],
+  };
+}

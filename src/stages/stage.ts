@@ -1,0 +1,223 @@
+import { ButterflyError } from '../errors.js';
+import type { RequestData, Value } from '../wire/index.js';
+
+/** What a stage's handler returns: built by `ctx.next(...)` or `ctx.respond(...)`. */
+export type StageOutcome = NextOutcome | Reply;
+
+/** Pass the request on to the next stage with this payload. */
+export class NextOutcome {
+  constructor(readonly payload: Value) {}
+}
+
+/** A final answer for the client. `headers` is a flat `[name, value, …]` list. */
+export class Reply {
+  constructor(
+    readonly status: number,
+    readonly headers: readonly string[],
+    readonly body: Buffer,
+  ) {}
+}
+
+/** A response body: text (text/plain), bytes (application/octet-stream), or a value sent as JSON. */
+export type ReplyBody = string | Buffer | Uint8Array | object | number | boolean | null | undefined;
+
+/** Options of `ctx.respond`. */
+export interface ReplyInit {
+  /** HTTP status, 100-599. Default 200. */
+  status?: number;
+  /** Response headers; `content-type` defaults from the body's type. */
+  headers?: Readonly<Record<string, string>>;
+}
+
+/** What a handler gets besides its payload. */
+export interface StageContext {
+  /** The request id, unique among requests in flight. */
+  readonly id: number;
+  /** 0-based index of this stage in the pipeline. */
+  readonly stage: number;
+  /** When the client stops waiting, in ms since the Unix epoch (0: no deadline). */
+  readonly deadline: number;
+  /** Aborts at the deadline or when the client goes away. */
+  readonly signal: AbortSignal;
+  /** Hands `payload` to the next stage; return what it returns. */
+  next(payload: Value): NextOutcome;
+  /** Answers the client; return what it returns. */
+  respond(body?: ReplyBody, init?: ReplyInit): Reply;
+}
+
+/** A stage: a module's default export, built with `defineStage`. */
+export interface StageDefinition<In = unknown> {
+  /** Name in logs, metrics and error messages. */
+  readonly name: string;
+  /** Jobs one worker of this stage holds at once (default 1). More helps async or tiny handlers. */
+  readonly concurrency?: number;
+  /** True when running a request twice is harmless: a job whose worker died is then re-sent once. */
+  readonly idempotent?: boolean;
+  /** Runs once per worker before its first job. */
+  setup?(): void | Promise<void>;
+  /**
+   * Handles one job. Return `ctx.next(payload)` or `ctx.respond(...)`; a returned value of
+   * any other kind is sent as the response body. A thrown `ButterflyError` answers with its
+   * status and message; anything else thrown answers 500 `BF_ERR_STAGE_FAILED`.
+   */
+  handle(payload: In, ctx: StageContext): StageOutcome | ReplyBody | Promise<StageOutcome | ReplyBody>;
+  /** Runs once per worker when it stops. */
+  teardown?(): void | Promise<void>;
+}
+
+/** Marks a module's default export as a stage and checks its shape. */
+export function defineStage<In = unknown>(definition: StageDefinition<In>): StageDefinition<In> {
+  if (definition === null || typeof definition !== 'object') throw new TypeError('defineStage needs an object');
+  if (typeof definition.name !== 'string' || definition.name.length === 0) throw new TypeError('a stage needs a name');
+  if (typeof definition.handle !== 'function') throw new TypeError(`stage ${definition.name} needs a handle function`);
+  const c = definition.concurrency;
+  if (c !== undefined && (!Number.isInteger(c) || c < 1)) {
+    throw new TypeError(`stage ${definition.name}: concurrency must be a positive integer, got ${String(c)}`);
+  }
+  return Object.freeze({ ...definition });
+}
+
+const TEXT = 'text/plain; charset=utf-8';
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/;
+// Visible ASCII, space and tab, and obs-text; no CR, LF or NUL.
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+const JSON_TYPE = 'application/json';
+const BYTES = 'application/octet-stream';
+
+/** Builds a `Reply` from a body of any supported type and the options of `ctx.respond`. */
+export function makeReply(body: ReplyBody, init?: ReplyInit): Reply {
+  const status = init?.status ?? 200;
+  if (!Number.isInteger(status) || status < 100 || status > 599) throw new TypeError(`status must be 100-599, got ${String(status)}`);
+  let bytes: Buffer;
+  let type: string;
+  if (typeof body === 'string') {
+    bytes = Buffer.from(body, 'utf8');
+    type = TEXT;
+  } else if (Buffer.isBuffer(body)) {
+    bytes = body;
+    type = BYTES;
+  } else if (body instanceof Uint8Array) {
+    bytes = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    type = BYTES;
+  } else if (body === undefined) {
+    bytes = Buffer.alloc(0);
+    type = TEXT;
+  } else {
+    bytes = Buffer.from(JSON.stringify(body), 'utf8');
+    type = JSON_TYPE;
+  }
+  const headers: string[] = [];
+  let hasType = false;
+  if (init?.headers !== undefined) {
+    for (const name of Object.keys(init.headers)) {
+      const lower = name.toLowerCase();
+      const value = String(init.headers[name]);
+      if (!HEADER_NAME.test(lower)) throw new TypeError(`invalid response header name ${JSON.stringify(name)}`);
+      if (!HEADER_VALUE.test(value)) throw new TypeError(`invalid value for response header ${lower}`);
+      if (lower === 'content-length' || lower === 'transfer-encoding' || lower === 'connection') continue;
+      if (lower === 'content-type') hasType = true;
+      headers.push(lower, value);
+    }
+  }
+  if (!hasType) headers.push('content-type', type);
+  return new Reply(status, headers, bytes);
+}
+
+/**
+ * The request as stage 1 sees it. Path and query are decoded on first use; bad
+ * percent-encoding throws a `ButterflyError` (400), which answers the client.
+ */
+export class HttpRequest {
+  private decodedPath: string | undefined;
+  private decodedQuery: Record<string, string> | undefined;
+  private headerMap: Record<string, string> | undefined;
+
+  constructor(readonly data: RequestData) {}
+
+  /** The method as sent, e.g. `GET`. */
+  get method(): string {
+    return this.data.method;
+  }
+
+  /** The request target exactly as sent (path and query, undecoded). */
+  get target(): string {
+    return this.data.target;
+  }
+
+  /** The client's address. */
+  get remoteAddress(): string {
+    return this.data.remoteAddress;
+  }
+
+  /** The body, de-chunked (empty when there is none). */
+  get body(): Buffer {
+    return this.data.body;
+  }
+
+  /** The decoded path, e.g. `/is_prime`. */
+  get path(): string {
+    if (this.decodedPath === undefined) {
+      const t = this.data.target;
+      const q = t.indexOf('?');
+      this.decodedPath = decodeComponent(q === -1 ? t : t.slice(0, q), false);
+    }
+    return this.decodedPath;
+  }
+
+  /** The decoded query parameters; for a repeated name, the first value. */
+  get query(): Readonly<Record<string, string>> {
+    if (this.decodedQuery === undefined) this.decodedQuery = parseQuery(this.data.target);
+    return this.decodedQuery;
+  }
+
+  /** The headers by lower-case name; repeated headers are joined with `, `. */
+  get headers(): Readonly<Record<string, string>> {
+    if (this.headerMap === undefined) {
+      const map: Record<string, string> = Object.create(null) as Record<string, string>;
+      const h = this.data.headers;
+      for (let i = 0; i + 1 < h.length; i += 2) {
+        const name = h[i]!;
+        const prior = map[name];
+        map[name] = prior === undefined ? h[i + 1]! : `${prior}, ${h[i + 1]!}`;
+      }
+      this.headerMap = map;
+    }
+    return this.headerMap;
+  }
+
+  /** One header by name (any case), or undefined. */
+  header(name: string): string | undefined {
+    return this.headers[name.toLowerCase()];
+  }
+}
+
+function parseQuery(target: string): Record<string, string> {
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
+  const q = target.indexOf('?');
+  if (q === -1) return out;
+  const query = target.slice(q + 1);
+  let start = 0;
+  while (start <= query.length) {
+    let end = query.indexOf('&', start);
+    if (end === -1) end = query.length;
+    if (end > start) {
+      const eq = query.indexOf('=', start);
+      const hasValue = eq !== -1 && eq < end;
+      const name = decodeComponent(query.slice(start, hasValue ? eq : end), true);
+      const value = hasValue ? decodeComponent(query.slice(eq + 1, end), true) : '';
+      if (!(name in out)) out[name] = value;
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+function decodeComponent(text: string, plusIsSpace: boolean): string {
+  const s = plusIsSpace && text.includes('+') ? text.replaceAll('+', ' ') : text;
+  if (!s.includes('%')) return s;
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new ButterflyError('BF_ERR_BAD_REQUEST', 'malformed percent-encoding in the request target');
+  }
+}

@@ -1,0 +1,297 @@
+/**
+ * The record format. One ZeroMQ message frame carries one or more records back to back
+ * (batching); each record is a fixed 20-byte header followed by its payload:
+ *
+ * | offset | size | field                                            |
+ * |--------|------|--------------------------------------------------|
+ * | 0      | 1    | version (`WIRE_VERSION`)                         |
+ * | 1      | 1    | kind (`Kind`)                                    |
+ * | 2      | 1    | flags (`Flag` bits)                              |
+ * | 3      | 1    | stage index the record concerns (0-based)        |
+ * | 4      | 4    | request id, u32 little-endian                    |
+ * | 8      | 8    | deadline, ms since the Unix epoch, f64 LE; 0 none |
+ * | 16     | 4    | payload length in bytes, u32 LE                  |
+ */
+
+/** The version byte every record starts with; a record of another version is rejected. */
+export const WIRE_VERSION = 1;
+
+/** Bytes in a record header. */
+export const HEADER_BYTES = 20;
+
+/** What a record is. */
+export const Kind = Object.freeze({
+  /** A request on its way to a stage: payload is a value (see `writeValue`). */
+  JOB: 1,
+  /** A final answer for the loopback: payload is a response (see `writeResponse`). */
+  RESULT: 2,
+  /** A final error for the loopback: payload is an error record (see `writeError`). */
+  ERROR: 3,
+  /** Worker to proxy: a worker joins; payload is u32 capacity (jobs it holds at once). */
+  HELLO: 4,
+  /** Proxy to worker: the stage's configuration, payload is JSON (`WelcomeConfig`). */
+  WELCOME: 5,
+  /** Worker to proxy: the job with this id is finished here; frees one unit of capacity. */
+  DONE: 6,
+  /** Either direction: I am alive. No payload. */
+  HEARTBEAT: 7,
+  /** Client to proxy, proxy to worker: drop or abort the job with this id. */
+  CANCEL: 8,
+  /** Worker to proxy: I am leaving; send me nothing more. */
+  BYE: 9,
+} as const);
+
+/** The numeric kind of a record. */
+export type KindValue = (typeof Kind)[keyof typeof Kind];
+
+const MAX_KIND = 9;
+
+/** Bits of the flags byte. */
+export const Flag = Object.freeze({
+  /** The job was re-sent once after its worker died (idempotent stages only). */
+  RETRIED: 1,
+} as const);
+
+/** One decoded record; `payload` is a view into the received message, valid until the next receive. */
+export interface WireRecord {
+  kind: KindValue;
+  flags: number;
+  stage: number;
+  id: number;
+  deadline: number;
+  payload: Buffer;
+}
+
+/** Raised by the decoders for anything that is not a well-formed record or payload. */
+export class WireError extends Error {
+  readonly code = 'BF_ERR_WIRE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'WireError';
+  }
+}
+
+/**
+ * Splits one message frame into its records. The whole frame is checked before any
+ * record is returned, so a frame with one bad record yields none.
+ * @throws WireError when the frame is truncated, has an unknown version or kind, or a
+ * payload length that runs past its end.
+ */
+export function decodeRecords(frame: Buffer): WireRecord[] {
+  const records: WireRecord[] = [];
+  let offset = 0;
+  const end = frame.length;
+  if (end === 0) throw new WireError('empty frame');
+  while (offset < end) {
+    if (end - offset < HEADER_BYTES) throw new WireError(`truncated header at byte ${offset}`);
+    const version = frame[offset]!;
+    if (version !== WIRE_VERSION) throw new WireError(`unsupported wire version ${version}`);
+    const kind = frame[offset + 1]!;
+    if (kind < 1 || kind > MAX_KIND) throw new WireError(`unknown record kind ${kind}`);
+    const length = frame.readUInt32LE(offset + 16);
+    const payloadStart = offset + HEADER_BYTES;
+    if (length > end - payloadStart) throw new WireError(`payload of ${length} bytes runs past the frame`);
+    records.push({
+      kind: kind as KindValue,
+      flags: frame[offset + 2]!,
+      stage: frame[offset + 3]!,
+      id: frame.readUInt32LE(offset + 4),
+      deadline: frame.readDoubleLE(offset + 8),
+      payload: frame.subarray(payloadStart, payloadStart + length),
+    });
+    offset = payloadStart + length;
+  }
+  return records;
+}
+
+/**
+ * Builds one batch of records in a growing buffer. `take()` hands the bytes over and
+ * starts a fresh buffer, so a batch that is being sent is never written again.
+ */
+export class RecordWriter {
+  private buf: Buffer;
+  private len = 0;
+  private recordStart = -1;
+  private readonly initialSize: number;
+
+  /** @param initialSize first buffer size in bytes; the buffer doubles as needed. */
+  constructor(initialSize = 16 * 1024) {
+    this.initialSize = initialSize;
+    this.buf = Buffer.allocUnsafe(initialSize);
+  }
+
+  /** Bytes written so far in this batch. */
+  get length(): number {
+    return this.len;
+  }
+
+  /** Number of records in this batch. */
+  records = 0;
+
+  /** Starts a record; write its payload, then call `end()`. */
+  begin(kind: KindValue, flags: number, stage: number, id: number, deadline: number): void {
+    this.ensure(HEADER_BYTES);
+    const b = this.buf;
+    const o = this.len;
+    b[o] = WIRE_VERSION;
+    b[o + 1] = kind;
+    b[o + 2] = flags;
+    b[o + 3] = stage;
+    b.writeUInt32LE(id >>> 0, o + 4);
+    b.writeDoubleLE(deadline, o + 8);
+    this.recordStart = o;
+    this.len = o + HEADER_BYTES;
+  }
+
+  /** Ends the current record, fixing its payload length. */
+  end(): void {
+    const start = this.recordStart;
+    this.buf.writeUInt32LE(this.len - start - HEADER_BYTES, start + 16);
+    this.recordStart = -1;
+    this.records++;
+  }
+
+  /** Drops the record begun and not yet ended (when encoding its payload failed). */
+  abort(): void {
+    if (this.recordStart === -1) return;
+    this.len = this.recordStart;
+    this.recordStart = -1;
+  }
+
+  /** Writes a whole record with an empty payload. */
+  empty(kind: KindValue, stage: number, id: number, deadline = 0): void {
+    this.begin(kind, 0, stage, id, deadline);
+    this.end();
+  }
+
+  /** Copies a record received elsewhere, header and payload, unchanged but for the given fields. */
+  forward(record: WireRecord, stage: number): void {
+    this.begin(record.kind, record.flags, stage, record.id, record.deadline);
+    this.bytes(record.payload);
+    this.end();
+  }
+
+  u8(value: number): void {
+    this.ensure(1);
+    this.buf[this.len++] = value;
+  }
+
+  u16(value: number): void {
+    this.ensure(2);
+    this.buf.writeUInt16LE(value, this.len);
+    this.len += 2;
+  }
+
+  u32(value: number): void {
+    this.ensure(4);
+    this.buf.writeUInt32LE(value >>> 0, this.len);
+    this.len += 4;
+  }
+
+  f64(value: number): void {
+    this.ensure(8);
+    this.buf.writeDoubleLE(value, this.len);
+    this.len += 8;
+  }
+
+  bytes(value: Uint8Array): void {
+    this.ensure(value.length);
+    this.buf.set(value, this.len);
+    this.len += value.length;
+  }
+
+  /** Writes a string as UTF-8 with no length prefix; returns the byte count. */
+  utf8(value: string): number {
+    this.ensure(value.length * 3);
+    const n = this.buf.write(value, this.len, 'utf8');
+    this.len += n;
+    return n;
+  }
+
+  /** Writes a string as UTF-8 behind a length prefix of `prefixBytes` (1, 2 or 4). */
+  prefixedUtf8(value: string, prefixBytes: 1 | 2 | 4): void {
+    this.ensure(prefixBytes + value.length * 3);
+    const at = this.len;
+    this.len += prefixBytes;
+    const n = this.buf.write(value, this.len, 'utf8');
+    const max = prefixBytes === 1 ? 0xff : prefixBytes === 2 ? 0xffff : 0xffffffff;
+    if (n > max) throw new WireError(`string of ${n} bytes does not fit a ${prefixBytes}-byte length`);
+    if (prefixBytes === 1) this.buf[at] = n;
+    else if (prefixBytes === 2) this.buf.writeUInt16LE(n, at);
+    else this.buf.writeUInt32LE(n, at);
+    this.len += n;
+  }
+
+  /** Returns the batch written so far and starts an empty one. */
+  take(): Buffer {
+    const out = this.buf.subarray(0, this.len);
+    this.buf = Buffer.allocUnsafe(Math.max(this.initialSize, Math.min(this.len, 1 << 20)));
+    this.len = 0;
+    this.records = 0;
+    return out;
+  }
+
+  private ensure(extra: number): void {
+    const need = this.len + extra;
+    if (need <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < need) size *= 2;
+    const next = Buffer.allocUnsafe(size);
+    this.buf.copy(next, 0, 0, this.len);
+    this.buf = next;
+  }
+}
+
+/** Reads a payload field by field; every read is bounds-checked and throws `WireError`. */
+export class PayloadReader {
+  offset = 0;
+  constructor(readonly buf: Buffer) {}
+
+  private need(n: number): number {
+    const at = this.offset;
+    if (at + n > this.buf.length) throw new WireError('truncated payload');
+    this.offset = at + n;
+    return at;
+  }
+
+  get remaining(): number {
+    return this.buf.length - this.offset;
+  }
+
+  u8(): number {
+    return this.buf[this.need(1)]!;
+  }
+
+  u16(): number {
+    return this.buf.readUInt16LE(this.need(2));
+  }
+
+  u32(): number {
+    return this.buf.readUInt32LE(this.need(4));
+  }
+
+  f64(): number {
+    return this.buf.readDoubleLE(this.need(8));
+  }
+
+  bytes(n: number): Buffer {
+    const at = this.need(n);
+    return this.buf.subarray(at, at + n);
+  }
+
+  rest(): Buffer {
+    const at = this.offset;
+    this.offset = this.buf.length;
+    return this.buf.subarray(at);
+  }
+
+  utf8(n: number): string {
+    const at = this.need(n);
+    return this.buf.toString('utf8', at, at + n);
+  }
+
+  latin1(n: number): string {
+    const at = this.need(n);
+    return this.buf.toString('latin1', at, at + n);
+  }
+}

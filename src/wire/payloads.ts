@@ -1,0 +1,213 @@
+import { PayloadReader, RecordWriter, WireError } from './format.js';
+
+/**
+ * Payload codecs. Each `write*` appends to the current record of a `RecordWriter`; each
+ * `read*` decodes a record's payload and throws `WireError` on anything malformed.
+ */
+
+const ValueTag = Object.freeze({ NONE: 0, BYTES: 1, STRING: 2, JSON: 3, NUMBER: 4, REQUEST: 5 } as const);
+
+/** What a job carries from one stage to the next. */
+export type Value = RequestData | Buffer | string | number | boolean | null | undefined | object;
+
+/**
+ * An HTTP request as the front end hands it to stage 1: the request target exactly as
+ * received (path and query undecoded) and the headers as a flat `[name, value, …]` list
+ * with lower-case names.
+ */
+export class RequestData {
+  constructor(
+    readonly method: string,
+    readonly target: string,
+    readonly headers: readonly string[],
+    readonly body: Buffer,
+    readonly remoteAddress: string,
+  ) {}
+}
+
+/** A final answer: status, headers as a flat `[name, value, …]` list, and body bytes. */
+export interface ResponseData {
+  readonly status: number;
+  readonly headers: readonly string[];
+  readonly body: Buffer;
+}
+
+/** Appends a value: Buffers travel as raw bytes, strings as UTF-8, numbers as f64, the rest as JSON. */
+export function writeValue(w: RecordWriter, value: Value): void {
+  if (value === undefined || value === null) {
+    w.u8(ValueTag.NONE);
+  } else if (typeof value === 'number') {
+    w.u8(ValueTag.NUMBER);
+    w.f64(value);
+  } else if (typeof value === 'string') {
+    w.u8(ValueTag.STRING);
+    w.utf8(value);
+  } else if (Buffer.isBuffer(value)) {
+    w.u8(ValueTag.BYTES);
+    w.bytes(value);
+  } else if (value instanceof RequestData) {
+    w.u8(ValueTag.REQUEST);
+    writeRequest(w, value);
+  } else {
+    const json = JSON.stringify(value);
+    if (json === undefined) throw new WireError(`cannot encode a value of type ${typeof value}`);
+    w.u8(ValueTag.JSON);
+    w.utf8(json);
+  }
+}
+
+/** Decodes a value written by `writeValue`. */
+export function readValue(payload: Buffer): Value {
+  const r = new PayloadReader(payload);
+  const tag = r.u8();
+  switch (tag) {
+    case ValueTag.NONE:
+      return null;
+    case ValueTag.NUMBER:
+      return r.f64();
+    case ValueTag.STRING:
+      return r.utf8(r.remaining);
+    case ValueTag.BYTES:
+      return Buffer.from(r.rest());
+    case ValueTag.REQUEST:
+      return readRequest(r);
+    case ValueTag.JSON:
+      try {
+        return JSON.parse(r.utf8(r.remaining)) as Value;
+      } catch {
+        throw new WireError('malformed JSON value');
+      }
+    default:
+      throw new WireError(`unknown value tag ${tag}`);
+  }
+}
+
+function writeRequest(w: RecordWriter, req: RequestData): void {
+  w.prefixedUtf8(req.method, 1);
+  w.prefixedUtf8(req.target, 4);
+  w.prefixedUtf8(req.remoteAddress, 1);
+  const h = req.headers;
+  w.u16(h.length >> 1);
+  for (let i = 0; i + 1 < h.length; i += 2) {
+    w.prefixedUtf8(h[i]!, 2);
+    w.prefixedUtf8(h[i + 1]!, 4);
+  }
+  w.bytes(req.body);
+}
+
+function readRequest(r: PayloadReader): RequestData {
+  const method = r.utf8(r.u8());
+  const target = r.utf8(r.u32());
+  const remoteAddress = r.utf8(r.u8());
+  const count = r.u16();
+  const headers = new Array<string>(count * 2);
+  for (let i = 0; i < count * 2; i += 2) {
+    headers[i] = r.utf8(r.u16());
+    headers[i + 1] = r.utf8(r.u32());
+  }
+  return new RequestData(method, target, headers, Buffer.from(r.rest()), remoteAddress);
+}
+
+/** Appends a response: u16 status, u8 header count, each header u8-prefixed name and u16-prefixed value, then the body. */
+export function writeResponse(w: RecordWriter, res: ResponseData): void {
+  w.u16(res.status);
+  const h = res.headers;
+  if (h.length > 0x1fe) throw new WireError(`too many response headers (${h.length >> 1})`);
+  w.u8(h.length >> 1);
+  for (let i = 0; i + 1 < h.length; i += 2) {
+    w.prefixedUtf8(h[i]!, 1);
+    w.prefixedUtf8(h[i + 1]!, 2);
+  }
+  w.bytes(res.body);
+}
+
+/** Decodes a response written by `writeResponse`; the body is a view into the payload. */
+export function readResponse(payload: Buffer): ResponseData {
+  const r = new PayloadReader(payload);
+  const status = r.u16();
+  if (status < 100 || status > 999) throw new WireError(`invalid status ${status}`);
+  const count = r.u8();
+  const headers = new Array<string>(count * 2);
+  for (let i = 0; i < count * 2; i += 2) {
+    headers[i] = r.latin1(r.u8());
+    headers[i + 1] = r.utf8(r.u16());
+  }
+  return { status, headers, body: r.rest() };
+}
+
+/** The plain form of an error on the wire. */
+export interface ErrorData {
+  readonly code: string;
+  readonly status: number;
+  readonly message: string;
+}
+
+/** Appends an error: u16 status, u8-prefixed code, then the message as UTF-8. */
+export function writeError(w: RecordWriter, err: ErrorData): void {
+  w.u16(err.status);
+  w.prefixedUtf8(err.code, 1);
+  w.utf8(err.message);
+}
+
+/** Decodes an error written by `writeError`. */
+export function readError(payload: Buffer): ErrorData {
+  const r = new PayloadReader(payload);
+  const status = r.u16();
+  if (status < 100 || status > 999) throw new WireError(`invalid status ${status}`);
+  const code = r.latin1(r.u8());
+  return { status, code, message: r.utf8(r.remaining) };
+}
+
+/** Appends a worker's HELLO payload: the number of jobs it holds at once. */
+export function writeHello(w: RecordWriter, capacity: number): void {
+  w.u32(capacity);
+}
+
+/** Decodes a HELLO payload; capacity is at least 1. */
+export function readHello(payload: Buffer): number {
+  const capacity = new PayloadReader(payload).u32();
+  if (capacity < 1) throw new WireError('worker capacity must be at least 1');
+  return capacity;
+}
+
+/** What a proxy tells a worker that joins its stage. */
+export interface WelcomeConfig {
+  /** 0-based index of the stage. */
+  readonly stage: number;
+  /** Address of the next stage's proxy, or null for the last stage. */
+  readonly next: string | null;
+  /** Address of the loopback socket that takes final answers. */
+  readonly loopback: string;
+  /** Heartbeat interval in ms. */
+  readonly heartbeatMs: number;
+  /** Missed heartbeats after which the peer counts as dead. */
+  readonly liveness: number;
+}
+
+/** Appends a WELCOME payload. */
+export function writeWelcome(w: RecordWriter, config: WelcomeConfig): void {
+  w.utf8(JSON.stringify(config));
+}
+
+/** Decodes a WELCOME payload and checks its fields. */
+export function readWelcome(payload: Buffer): WelcomeConfig {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new WireError('malformed WELCOME');
+  }
+  const c = parsed as Partial<WelcomeConfig> | null;
+  if (
+    c === null ||
+    typeof c !== 'object' ||
+    typeof c.stage !== 'number' ||
+    (c.next !== null && typeof c.next !== 'string') ||
+    typeof c.loopback !== 'string' ||
+    typeof c.heartbeatMs !== 'number' ||
+    typeof c.liveness !== 'number'
+  ) {
+    throw new WireError('malformed WELCOME');
+  }
+  return c as WelcomeConfig;
+}

@@ -1,0 +1,21 @@
+/** What a pool hands a worker it starts (thread or process): plain data, cloneable. */
+export interface WorkerLaunch {
+  /** Module whose default export is the stage. */
+  readonly module: string;
+  /** The stage proxy's backend address. */
+  readonly connect: string;
+  /** Jobs held at once; undefined for the stage's own default. */
+  readonly concurrency: number | undefined;
+  readonly maxMessageBytes: number;
+  /** pino level for the worker's own log lines. */
+  readonly logLevel: string;
+}
+
+/** Messages a worker sends its pool. */
+export type WorkerReport = { readonly type: 'ready' } | { readonly type: 'failed'; readonly message: string };
+
+/** Messages a pool sends its worker. */
+export type WorkerCommand = { readonly type: 'close' } | { readonly type: 'destroy' };
+
+/** The compiled entry module both transports start. */
+export const WORKER_ENTRY = new URL('./entry.js', import.meta.url);

@@ -1,0 +1,208 @@
+import { type Logger, silentLogger } from '../logger.js';
+import { endpoint, integerIn, nonEmptyString, oneOf, withDefaults } from '../options.js';
+import type { WorkerTransport } from '../stages/index.js';
+import type { WorkerHandle } from './handle.js';
+import type { WorkerLaunch } from './launch.js';
+import { startProcessWorker } from './process.js';
+import { startThreadWorker } from './thread.js';
+
+/** Options of a stage's worker pool. */
+export interface WorkerPoolOptions {
+  /** The stage's name, for logs. */
+  name: string;
+  /** Module whose default export is the stage. */
+  module: string;
+  /** The stage proxy's backend address. */
+  connect: string;
+  /** Workers to keep running. Default 2. */
+  workers: number;
+  /** Threads or processes. Default `thread`. */
+  transport: WorkerTransport;
+  /** Jobs one worker holds at once; undefined for the stage's own default. */
+  concurrency: number | undefined;
+  /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
+  maxMessageBytes: number;
+  /** How long a worker may take to start (import, setup, join), in ms. Default 10000. */
+  startTimeoutMs: number;
+  /** How long `close()` waits for a worker to finish before killing it, in ms. Default 10000. */
+  closeTimeoutMs: number;
+  /** pino level for the workers' own log lines. Default `info`. */
+  logLevel: string;
+  logger: Logger;
+}
+
+/** Defaults for the options that have them. */
+export const POOL_DEFAULTS = Object.freeze({
+  workers: 2,
+  transport: 'thread' as WorkerTransport,
+  concurrency: undefined,
+  maxMessageBytes: 64 * 1024 * 1024,
+  startTimeoutMs: 10_000,
+  closeTimeoutMs: 10_000,
+  logLevel: 'info',
+  logger: silentLogger,
+});
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+/** A worker that lived this long resets its slot's backoff. */
+const STABLE_MS = 10_000;
+
+interface Slot {
+  handle: WorkerHandle | undefined;
+  startedAt: number;
+  failures: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * Keeps `workers` workers of one stage running, as threads or processes. A worker that
+ * exits unexpectedly is restarted after a backoff that doubles with each quick failure
+ * (100 ms to 5 s), so a stage that crashes in a loop is slowed down and logged, not
+ * restarted in a tight loop.
+ */
+export class WorkerPool {
+  /** Lifecycle state. */
+  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  /** Workers restarted after an unexpected exit since start. */
+  restarts = 0;
+  private readonly options: WorkerPoolOptions;
+  private readonly logger: Logger;
+  private readonly slots: Slot[] = [];
+  private readonly exits = new Map<WorkerHandle, Promise<void>>();
+
+  constructor(options: Partial<WorkerPoolOptions> & Pick<WorkerPoolOptions, 'name' | 'module' | 'connect'>) {
+    const o = withDefaults<WorkerPoolOptions>(POOL_DEFAULTS as WorkerPoolOptions, options);
+    nonEmptyString('name', o.name);
+    nonEmptyString('module', o.module);
+    endpoint('connect', o.connect);
+    integerIn('workers', o.workers, 1, 256);
+    oneOf('transport', o.transport, ['thread', 'process']);
+    if (o.concurrency !== undefined) integerIn('concurrency', o.concurrency, 1, 65536);
+    integerIn('startTimeoutMs', o.startTimeoutMs, 1);
+    integerIn('closeTimeoutMs', o.closeTimeoutMs, 1);
+    this.options = o;
+    this.logger = o.logger;
+  }
+
+  /** Process ids of the pool's worker processes (empty for threads). */
+  get pids(): number[] {
+    const pids: number[] = [];
+    for (const s of this.slots) if (s.handle?.pid !== undefined) pids.push(s.handle.pid);
+    return pids;
+  }
+
+  /** Workers currently started. */
+  get alive(): number {
+    return this.slots.filter((s) => s.handle !== undefined).length;
+  }
+
+  /**
+   * Starts every worker and resolves once all have joined their proxy.
+   * @throws Error with the worker's own message when one fails to start (bad module,
+   * setup threw) or does not join within `startTimeoutMs`.
+   */
+  async start(): Promise<void> {
+    const starts: Promise<void>[] = [];
+    for (let i = 0; i < this.options.workers; i++) {
+      const slot: Slot = { handle: undefined, startedAt: 0, failures: 0, timer: undefined };
+      this.slots.push(slot);
+      starts.push(this.spawn(slot));
+    }
+    const results = await Promise.allSettled(starts);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) {
+      await this.destroy();
+      throw failed.reason;
+    }
+    this.state = 'running';
+  }
+
+  /** Asks every worker to finish what it holds and stop; kills those still running after `closeTimeoutMs`. Idempotent. */
+  async close(): Promise<void> {
+    await this.stopAll('close');
+  }
+
+  /** Stops every worker at once. */
+  async destroy(): Promise<void> {
+    await this.stopAll('destroy');
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private async stopAll(how: 'close' | 'destroy'): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'draining';
+    for (const slot of this.slots) {
+      if (slot.timer !== undefined) clearTimeout(slot.timer);
+      const handle = slot.handle;
+      if (handle === undefined) continue;
+      if (how === 'close') {
+        handle.command({ type: 'close' });
+        const timer = setTimeout(() => handle.kill(), this.options.closeTimeoutMs);
+        void this.exits.get(handle)?.then(() => clearTimeout(timer));
+      } else {
+        handle.kill();
+      }
+    }
+    await Promise.all(this.exits.values());
+    this.state = 'closed';
+  }
+
+  private launch(): WorkerLaunch {
+    const o = this.options;
+    return { module: o.module, connect: o.connect, concurrency: o.concurrency, maxMessageBytes: o.maxMessageBytes, logLevel: o.logLevel };
+  }
+
+  private spawn(slot: Slot): Promise<void> {
+    const o = this.options;
+    const handle = o.transport === 'thread' ? startThreadWorker(this.launch()) : startProcessWorker(this.launch());
+    slot.handle = handle;
+    slot.startedAt = Date.now();
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        settle(new Error(`a worker of stage ${o.name} did not start within ${o.startTimeoutMs} ms`));
+        handle.kill();
+      }, o.startTimeoutMs);
+      const settle = (err?: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      handle.onReport((report) => {
+        if (report.type === 'ready') settle();
+        else settle(new Error(`stage ${o.name} failed to start: ${report.message}`));
+      });
+      this.exits.set(
+        handle,
+        new Promise<void>((exited) =>
+          handle.onExit((code, signal) => {
+            this.exits.delete(handle);
+            settle(new Error(`a worker of stage ${o.name} exited while starting (code ${code}, signal ${signal})`));
+            if (slot.handle === handle) slot.handle = undefined;
+            if (this.state === 'running') this.restart(slot, handle, code, signal);
+            exited();
+          }),
+        ),
+      );
+    });
+  }
+
+  private restart(slot: Slot, handle: WorkerHandle, code: number | null, signal: string | null): void {
+    slot.failures = Date.now() - slot.startedAt > STABLE_MS ? 0 : slot.failures + 1;
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, slot.failures - 1));
+    this.restarts++;
+    this.logger.warn({ stage: this.options.name, worker: handle.id, code, signal, restartInMs: delay, failures: slot.failures }, 'worker exited; restarting');
+    slot.timer = setTimeout(() => {
+      slot.timer = undefined;
+      if (this.state !== 'running') return;
+      this.spawn(slot).catch((err: unknown) => this.logger.error({ err, stage: this.options.name }, 'worker restart failed'));
+    }, delay);
+    slot.timer.unref();
+  }
+}

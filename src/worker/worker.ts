@@ -1,0 +1,457 @@
+import * as zmq from 'zeromq';
+import { ButterflyError, toErrorRecord } from '../errors.js';
+import { type Logger, silentLogger } from '../logger.js';
+import { endpoint, integerIn, withDefaults } from '../options.js';
+import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, makeReply } from '../stages/index.js';
+import {
+  Flag,
+  Kind,
+  Outbox,
+  RequestData,
+  configureSocket,
+  decodeRecords,
+  readValue,
+  readWelcome,
+  receiveEach,
+  writeError,
+  writeHello,
+  writeResponse,
+  writeValue,
+  type Value,
+  type WelcomeConfig,
+  type WireRecord,
+} from '../wire/index.js';
+
+/** Options of one stage worker. */
+export interface StageWorkerOptions {
+  /** The stage this worker runs. */
+  stage: StageDefinition;
+  /** The stage proxy's backend address. */
+  connect: string;
+  /** Jobs held at once (default: the stage's `concurrency`, else 1). */
+  concurrency: number | undefined;
+  /** Largest ZeroMQ message accepted, in bytes. Default 64 MiB. */
+  maxMessageBytes: number;
+  logger: Logger;
+}
+
+/** Defaults for the options that have them. */
+export const WORKER_DEFAULTS = Object.freeze({
+  concurrency: undefined,
+  maxMessageBytes: 64 * 1024 * 1024,
+  logger: silentLogger,
+});
+
+/** Time a worker runs queued jobs before it lets its messages out, in ms. */
+const TURN_BUDGET_MS = 0.5;
+
+/** How long `close()` waits for running jobs before dropping them, in ms. */
+const CLOSE_GRACE_MS = 5000;
+
+/**
+ * Runs one stage's handler for the jobs its proxy sends. Joins the proxy with HELLO and
+ * its capacity, learns the next stage and the loopback from WELCOME, and sends each
+ * job's outcome on: `ctx.next(...)` to the next stage's proxy, a reply or an error to the
+ * loopback, then DONE to its proxy. Rejoins a proxy that stops heart-beating.
+ */
+export class StageWorker {
+  /** Lifecycle state. */
+  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  private readonly options: StageWorkerOptions;
+  private readonly stage: StageDefinition;
+  private readonly capacity: number;
+  private readonly logger: Logger;
+  private dealer: zmq.Dealer;
+  private toProxy: Outbox;
+  private nextSocket: zmq.Push | undefined;
+  private toNext: Outbox | undefined;
+  private loopbackSocket: zmq.Push | undefined;
+  private toLoopback: Outbox | undefined;
+  private config: WelcomeConfig | undefined;
+  private readonly running = new Map<number, Job>();
+  /** Jobs received and not started; bounded by the capacity the proxy is told. */
+  private readonly inbox: (WireRecord | undefined)[] = [];
+  private inboxHead = 0;
+  private pumpScheduled = false;
+  private readonly pumpBound = (): void => this.pump();
+  private welcomed: (() => void) | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private lastHeard = Date.now();
+  private idle: (() => void) | undefined;
+  private loops: Promise<void>[] = [];
+
+  constructor(options: Partial<StageWorkerOptions> & Pick<StageWorkerOptions, 'stage' | 'connect'>) {
+    const o = withDefaults<StageWorkerOptions>(WORKER_DEFAULTS as StageWorkerOptions, options);
+    endpoint('connect', o.connect);
+    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
+    this.capacity = integerIn('concurrency', o.concurrency ?? o.stage.concurrency ?? 1, 1, 65536);
+    this.options = o;
+    this.stage = o.stage;
+    this.logger = o.logger;
+    this.dealer = this.newDealer();
+    this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
+  }
+
+  /** Runs the stage's setup, joins the proxy and resolves once the proxy has welcomed it. */
+  async start(): Promise<void> {
+    await this.stage.setup?.();
+    const welcomed = new Promise<void>((resolve) => (this.welcomed = resolve));
+    this.join();
+    await welcomed;
+    this.state = 'running';
+  }
+
+  /** Jobs held now: running, or received and not yet started. */
+  get inFlight(): number {
+    return this.running.size + this.inbox.length - this.inboxHead;
+  }
+
+  /**
+   * Leaves gracefully: tells the proxy to send nothing more, lets running jobs finish
+   * (up to 5 s), runs the stage's teardown and closes the sockets. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'draining') return;
+    this.state = 'draining';
+    this.toProxy.writer.empty(Kind.BYE, this.config?.stage ?? 0, 0);
+    this.toProxy.schedule();
+    if (this.inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, CLOSE_GRACE_MS);
+        this.idle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    await this.flushed();
+    try {
+      await this.stage.teardown?.();
+    } catch (err) {
+      this.logger.warn({ err, stage: this.stage.name }, 'stage teardown failed');
+    }
+    await this.shut();
+  }
+
+  /** Closes at once: running jobs are dropped (their proxy answers for them). */
+  async destroy(): Promise<void> {
+    if (this.state === 'closed') return;
+    for (const job of this.running.values()) job.abort('worker destroyed');
+    await this.shut();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private newDealer(): zmq.Dealer {
+    const dealer = new zmq.Dealer();
+    configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes });
+    dealer.connect(this.options.connect);
+    this.loops.push(receiveEach(dealer, (f) => this.onProxy(f), this.logger, 'proxy'));
+    return dealer;
+  }
+
+  private join(): void {
+    const w = this.toProxy.writer;
+    w.begin(Kind.HELLO, 0, this.config?.stage ?? 0, 0, 0);
+    writeHello(w, Math.max(1, this.capacity - this.running.size));
+    w.end();
+    this.toProxy.schedule();
+  }
+
+  private async shut(): Promise<void> {
+    this.state = 'closed';
+    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.dealer.close();
+    this.nextSocket?.close();
+    this.loopbackSocket?.close();
+    await Promise.all(this.loops);
+  }
+
+  private async flushed(): Promise<void> {
+    const outboxes = [this.toProxy, this.toNext, this.toLoopback];
+    const deadline = Date.now() + 1000;
+    while (outboxes.some((o) => o !== undefined && !o.idle) && Date.now() < deadline) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  private onProxy(frames: Buffer[]): void {
+    this.lastHeard = Date.now();
+    let records: WireRecord[];
+    try {
+      records = decodeRecords(frames[0] ?? Buffer.alloc(0));
+    } catch (err) {
+      this.logger.warn({ err, stage: this.stage.name }, 'undecodable message from proxy dropped');
+      return;
+    }
+    for (const r of records) {
+      switch (r.kind) {
+        case Kind.JOB:
+          this.inbox.push(r);
+          break;
+        case Kind.CANCEL:
+          this.cancel(r.id);
+          break;
+        case Kind.WELCOME:
+          this.welcome(r);
+          break;
+        case Kind.BYE:
+          // The proxy no longer knows this worker (it was expired): join again.
+          if (this.state === 'running') this.join();
+          break;
+        default:
+          break;
+      }
+    }
+    this.pump();
+  }
+
+  /**
+   * Runs queued jobs for up to `TURN_BUDGET_MS`, then yields so that the outcomes and
+   * DONEs written so far are sent before the next job starts: tiny jobs are batched
+   * many to a message, and a long job's worker gets its next job while it works.
+   */
+  private pump(): void {
+    this.pumpScheduled = false;
+    const start = performance.now();
+    while (this.inbox.length > this.inboxHead) {
+      const r = this.inbox[this.inboxHead];
+      this.inbox[this.inboxHead++] = undefined;
+      if (r === undefined) continue; // cancelled while waiting
+      this.run(r);
+      if (performance.now() - start >= TURN_BUDGET_MS) break;
+    }
+    // Flushes first: they must go out before the next job runs.
+    this.toNext?.schedule();
+    this.toLoopback?.schedule();
+    this.toProxy.schedule();
+    if (this.inboxHead === this.inbox.length) {
+      this.inbox.length = 0;
+      this.inboxHead = 0;
+    } else if (!this.pumpScheduled) {
+      this.pumpScheduled = true;
+      setImmediate(this.pumpBound);
+    }
+  }
+
+  private welcome(r: WireRecord): void {
+    let config: WelcomeConfig;
+    try {
+      config = readWelcome(r.payload);
+    } catch (err) {
+      this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
+      return;
+    }
+    const link = { maxMessageBytes: this.options.maxMessageBytes };
+    if (this.config === undefined || this.config.loopback !== config.loopback) {
+      this.loopbackSocket?.close();
+      this.loopbackSocket = new zmq.Push();
+      configureSocket(this.loopbackSocket, link);
+      this.loopbackSocket.connect(config.loopback);
+      this.toLoopback = new Outbox(this.loopbackSocket, this.logger, 'loopback');
+    }
+    if (config.next !== (this.config?.next ?? null)) {
+      this.nextSocket?.close();
+      this.nextSocket = undefined;
+      this.toNext = undefined;
+      if (config.next !== null) {
+        this.nextSocket = new zmq.Push();
+        configureSocket(this.nextSocket, link);
+        this.nextSocket.connect(config.next);
+        this.toNext = new Outbox(this.nextSocket, this.logger, 'next stage');
+      }
+    }
+    if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
+      if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+      this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
+      this.heartbeatTimer.unref();
+    }
+    this.config = config;
+    this.lastHeard = Date.now();
+    this.logger.info({ stage: this.stage.name, index: config.stage, capacity: this.capacity }, 'worker joined its proxy');
+    this.welcomed?.();
+    this.welcomed = undefined;
+  }
+
+  private onHeartbeat(): void {
+    const config = this.config;
+    if (config === undefined || this.state !== 'running') return;
+    if (Date.now() - this.lastHeard > config.heartbeatMs * config.liveness) {
+      // The proxy went silent: reconnect with a fresh socket and join again.
+      this.logger.warn({ stage: this.stage.name }, 'proxy silent; rejoining');
+      this.dealer.close();
+      this.dealer = this.newDealer();
+      this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
+      this.lastHeard = Date.now();
+      this.join();
+      return;
+    }
+    this.toProxy.writer.empty(Kind.HEARTBEAT, config.stage, 0);
+    this.toProxy.schedule();
+  }
+
+  private run(r: WireRecord): void {
+    const job = new Job(r.id, r.stage, r.deadline, r.flags & ~Flag.RETRIED);
+    if (job.deadline !== 0 && job.deadline <= Date.now()) {
+      // The front end has answered 504 already.
+      this.done(job);
+      return;
+    }
+    this.running.set(job.id, job);
+    let outcome: unknown;
+    try {
+      let payload = readValue(r.payload);
+      if (payload instanceof RequestData) payload = new HttpRequest(payload);
+      outcome = this.stage.handle(payload, job);
+    } catch (err) {
+      this.fail(job, err);
+      return;
+    }
+    if (outcome instanceof Promise) {
+      outcome.then(
+        (value: unknown) => this.finishAsync(job, value, undefined, false),
+        (err: unknown) => this.finishAsync(job, undefined, err, true),
+      );
+    } else {
+      this.finish(job, outcome);
+    }
+  }
+
+  private finishAsync(job: Job, value: unknown, err: unknown, failed: boolean): void {
+    if (failed) this.fail(job, err);
+    else this.finish(job, value);
+    this.toNext?.schedule();
+    this.toLoopback?.schedule();
+    this.toProxy.schedule();
+  }
+
+  private finish(job: Job, outcome: unknown): void {
+    if (job.cancelled) {
+      this.done(job);
+      return;
+    }
+    if (outcome instanceof NextOutcome) {
+      const toNext = this.toNext;
+      if (toNext === undefined) {
+        this.fail(job, new ButterflyError('BF_ERR_NO_NEXT_STAGE', `stage ${this.stage.name} is the last stage and cannot pass a job on`));
+        return;
+      }
+      const w = toNext.writer;
+      w.begin(Kind.JOB, job.flags, job.stage + 1, job.id, job.deadline);
+      try {
+        const payload = outcome.payload;
+        writeValue(w, (payload instanceof HttpRequest ? payload.data : payload) as Value);
+      } catch (err) {
+        w.abort();
+        this.fail(job, err);
+        return;
+      }
+      w.end();
+      this.done(job);
+      return;
+    }
+    const toLoopback = this.toLoopback!;
+    let reply: Reply;
+    try {
+      reply = outcome instanceof Reply ? outcome : makeReply(outcome as ReplyBody);
+    } catch (err) {
+      this.fail(job, err);
+      return;
+    }
+    const w = toLoopback.writer;
+    w.begin(Kind.RESULT, 0, job.stage, job.id, job.deadline);
+    try {
+      writeResponse(w, reply);
+    } catch (err) {
+      w.abort();
+      this.fail(job, err);
+      return;
+    }
+    w.end();
+    this.done(job);
+  }
+
+  private fail(job: Job, err: unknown): void {
+    if (!job.cancelled) {
+      const record = toErrorRecord(err, this.stage.name);
+      if (!(err instanceof ButterflyError)) this.logger.warn({ err, stage: this.stage.name, id: job.id }, 'stage handler threw');
+      const w = this.toLoopback!.writer;
+      w.begin(Kind.ERROR, 0, job.stage, job.id, job.deadline);
+      writeError(w, record);
+      w.end();
+    }
+    this.done(job);
+  }
+
+  private done(job: Job): void {
+    job.finished();
+    this.running.delete(job.id);
+    this.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
+    if (this.inFlight === 0) this.idle?.();
+  }
+
+  private cancel(id: number): void {
+    const running = this.running.get(id);
+    if (running !== undefined) {
+      running.abort('cancelled');
+      return;
+    }
+    for (let i = this.inboxHead; i < this.inbox.length; i++) {
+      const r = this.inbox[i];
+      if (r !== undefined && r.id === id) {
+        // Not started: answer nothing (the client is gone), just free the slot.
+        this.inbox[i] = undefined;
+        this.toProxy.writer.empty(Kind.DONE, r.stage, id);
+        return;
+      }
+    }
+  }
+}
+
+/** One job's context: what `handle` gets as `ctx`. Its signal is made on first use. */
+class Job implements StageContext {
+  private controller: AbortController | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  cancelled = false;
+
+  constructor(
+    readonly id: number,
+    readonly stage: number,
+    readonly deadline: number,
+    readonly flags: number,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      const controller = new AbortController();
+      this.controller = controller;
+      if (this.cancelled) {
+        controller.abort(new ButterflyError('BF_ERR_DEADLINE', 'request cancelled'));
+      } else if (this.deadline !== 0) {
+        const abort = (): void => controller.abort(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
+        this.timer = setTimeout(abort, Math.max(0, this.deadline - Date.now()));
+        this.timer.unref();
+      }
+    }
+    return this.controller.signal;
+  }
+
+  next(payload: Value): NextOutcome {
+    return new NextOutcome(payload);
+  }
+
+  respond(body?: ReplyBody, init?: ReplyInit): Reply {
+    return makeReply(body, init);
+  }
+
+  abort(why: string): void {
+    this.cancelled = true;
+    this.controller?.abort(new ButterflyError('BF_ERR_DEADLINE', why));
+  }
+
+  finished(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+  }
+}
