@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { type ButterflyOptions, startButterfly } from '../embedded.js';
 import { InvalidOptionError } from '../errors.js';
-import { RequestData, type ResponseData } from '../wire/index.js';
+import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
 import { importStage, loadPipelineFile } from '../stages/index.js';
 import { StageWorker } from '../worker/index.js';
 
@@ -167,18 +167,24 @@ async function simulate(flags: Flags, countText: string | undefined): Promise<vo
   const count = Number(countText);
   const { logger, level } = makeLogger({ ...flags, 'log-level': flags['log-level'] ?? 'warn' });
   const options = await pipelineOptions(flags);
-  const window = Math.min(4096, options.maxInFlight ?? 4096);
-  const butterfly = await startButterfly({ ...options, http: false, maxInFlight: window, workerLogLevel: level, logger });
+  // Keep every request admissible: no more in flight than one stage's queue can hold.
+  const window = Math.min(2048, options.maxInFlight ?? 2048);
+  const maxQueue = Math.max(window, options.maxQueue ?? window);
+  const butterfly = await startButterfly({ ...options, http: false, maxInFlight: window, maxQueue, workerLogLevel: level, logger });
   const client = butterfly.client;
   const started = process.hrtime.bigint();
   let nextNumber = 1;
   let answered = 0;
   let primes = 0;
   let failures = 0;
+  const failureCodes = new Map<string, number>();
   await new Promise<void>((resolve) => {
-    const onAnswer = (response: ResponseData | null): void => {
+    const onAnswer = (response: ResponseData | null, error: ErrorData | null): void => {
       answered++;
-      if (response === null || response.status !== 200) failures++;
+      if (error !== null) {
+        failures++;
+        failureCodes.set(error.code, (failureCodes.get(error.code) ?? 0) + 1);
+      } else if (response === null || response.status !== 200) failures++;
       else if (response.body.includes('"is_prime":true')) primes++;
       if (nextNumber <= count) submit();
       if (answered === count) resolve();
@@ -192,6 +198,7 @@ async function simulate(flags: Flags, countText: string | undefined): Promise<vo
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await butterfly.close();
   console.log(`checked ${count} numbers from 1 to ${count}: ${primes} primes, ${failures} failures`);
+  if (failures > 0) console.log(`failures by code: ${[...failureCodes].map(([code, n]) => `${code} ${n}`).join(', ')}`);
   console.log(`${seconds.toFixed(2)} s, ${Math.round(count / seconds)} checks/s`);
   process.exitCode = failures === 0 ? 0 : 1;
 }

@@ -170,7 +170,7 @@ export class PipelineClient {
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
     const pending = [...this.pending.values()];
     this.pending.clear();
-    for (const p of pending) p.onAnswer(null, CLOSED_ERROR);
+    for (const p of pending) this.deliver(p, null, CLOSED_ERROR);
     this.checkDrained();
     this.loopback.close();
     for (const s of this.stageSockets) s.close();
@@ -216,9 +216,18 @@ export class PipelineClient {
         error = { code: 'BF_ERR_INTERNAL', status: 500, message: 'undecodable answer' };
       }
       this.pending.delete(r.id);
-      p.onAnswer(response, error);
+      this.deliver(p, response, error);
     }
     this.checkDrained();
+  }
+
+  /** Hands an answer over; a throwing handler must not cost the other answers of the batch theirs. */
+  private deliver(p: Pending, response: ResponseData | null, error: ErrorData | null): void {
+    try {
+      p.onAnswer(response, error);
+    } catch (err) {
+      this.logger.error({ err, id: p.id }, 'answer handler threw');
+    }
   }
 
   private sweep(): void {
@@ -228,7 +237,7 @@ export class PipelineClient {
       if (p.deadline > now) break;
       this.pending.delete(p.id);
       this.broadcastCancel(p.id);
-      p.onAnswer(null, DEADLINE_ERROR);
+      this.deliver(p, null, DEADLINE_ERROR);
     }
     this.checkDrained();
   }

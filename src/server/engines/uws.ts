@@ -163,7 +163,14 @@ class UwsReply implements EngineReply {
     res.writeStatus(statusLine(this.status));
     const h = this.headers;
     for (let i = 0; i + 1 < h.length; i += 2) res.writeHeader(h[i]!, h[i + 1]!);
-    if (this.head) res.endWithoutBody(this.body.length, this.close);
-    else res.end(this.body, this.close);
+    if (this.head) {
+      // endWithoutBody(length) leaves this uWS build expecting a body and it drops the
+      // connection's next request: state the length ourselves and end with no arguments.
+      res.writeHeader('content-length', String(this.body.length));
+      if (this.close) res.writeHeader('connection', 'close');
+      res.endWithoutBody();
+    } else {
+      res.end(this.body, this.close);
+    }
   }
 }

@@ -1,0 +1,151 @@
+import { describe, expect, it } from 'vitest';
+import {
+  HEADER_BYTES,
+  Kind,
+  RecordWriter,
+  RequestData,
+  WireError,
+  decodeRecords,
+  readError,
+  readResponse,
+  readValue,
+  readWelcome,
+  writeError,
+  writeResponse,
+  writeValue,
+  writeWelcome,
+} from '../dist/wire/index.js';
+
+function oneValue(value: unknown): Buffer {
+  const w = new RecordWriter(16);
+  w.begin(Kind.JOB, 0, 0, 1, 0);
+  writeValue(w, value as never);
+  w.end();
+  const [record] = decodeRecords(w.take());
+  return record!.payload;
+}
+
+describe('wire records', () => {
+  it('round-trips several records of every kind in one frame, header fields intact', () => {
+    const w = new RecordWriter(8);
+    const deadline = Date.now() + 1234.5;
+    w.begin(Kind.JOB, 1, 3, 0xfffffffe, deadline);
+    writeValue(w, 'héllo');
+    w.end();
+    w.empty(Kind.DONE, 2, 7);
+    w.begin(Kind.RESULT, 0, 1, 42, 0);
+    writeResponse(w, { status: 201, headers: ['content-type', 'text/plain', 'x-a', 'b'], body: Buffer.from('made') });
+    w.end();
+    w.begin(Kind.ERROR, 0, 1, 43, 0);
+    writeError(w, { code: 'BF_ERR_DEADLINE', status: 504, message: 'late ✓' });
+    w.end();
+    expect(w.records).toBe(4);
+    const records = decodeRecords(w.take());
+    expect(records.map((r) => r.kind)).toEqual([Kind.JOB, Kind.DONE, Kind.RESULT, Kind.ERROR]);
+    expect(records[0]).toMatchObject({ flags: 1, stage: 3, id: 0xfffffffe, deadline });
+    expect(readValue(records[0]!.payload)).toBe('héllo');
+    expect(records[1]).toMatchObject({ stage: 2, id: 7 });
+    expect(records[1]!.payload.length).toBe(0);
+    const res = readResponse(records[2]!.payload);
+    expect(res.status).toBe(201);
+    expect(res.headers).toEqual(['content-type', 'text/plain', 'x-a', 'b']);
+    expect(res.body.toString()).toBe('made');
+    expect(readError(records[3]!.payload)).toEqual({ code: 'BF_ERR_DEADLINE', status: 504, message: 'late ✓' });
+  });
+
+  it('round-trips every kind of value', () => {
+    expect(readValue(oneValue(3.25))).toBe(3.25);
+    expect(readValue(oneValue(null))).toBe(null);
+    expect(readValue(oneValue(undefined))).toBe(null);
+    expect(readValue(oneValue({ a: [1, 'x'] }))).toEqual({ a: [1, 'x'] });
+    expect(readValue(oneValue(true))).toBe(true);
+    expect((readValue(oneValue(Buffer.from([0, 255, 7]))) as Buffer).equals(Buffer.from([0, 255, 7]))).toBe(true);
+    const req = new RequestData('POST', '/a%20b?x=1&y=%C3%A9', ['host', 'h', 'x-long', 'v'.repeat(70_000)], Buffer.from('body'), '::1');
+    const back = readValue(oneValue(req)) as RequestData;
+    expect(back).toBeInstanceOf(RequestData);
+    expect(back.method).toBe('POST');
+    expect(back.target).toBe('/a%20b?x=1&y=%C3%A9');
+    expect(back.headers).toEqual(req.headers);
+    expect(back.body.toString()).toBe('body');
+    expect(back.remoteAddress).toBe('::1');
+  });
+
+  it('round-trips the WELCOME configuration', () => {
+    const w = new RecordWriter();
+    w.begin(Kind.WELCOME, 0, 0, 0, 0);
+    const config = { stage: 1, next: null, loopback: 'ipc:///tmp/x', heartbeatMs: 1000, liveness: 3 };
+    writeWelcome(w, config);
+    w.end();
+    expect(readWelcome(decodeRecords(w.take())[0]!.payload)).toEqual(config);
+  });
+
+  it('rejects every truncation of a valid frame with WireError', () => {
+    const w = new RecordWriter();
+    w.begin(Kind.RESULT, 0, 0, 9, 0);
+    writeResponse(w, { status: 200, headers: ['a', 'b'], body: Buffer.from('xyz') });
+    w.end();
+    const frame = w.take();
+    for (let len = 0; len < frame.length; len++) {
+      const cut = frame.subarray(0, len);
+      let payloadError = false;
+      try {
+        const records = decodeRecords(cut);
+        readResponse(records[0]!.payload);
+      } catch (err) {
+        payloadError = err instanceof WireError;
+      }
+      expect(payloadError, `truncated to ${len} bytes`).toBe(true);
+    }
+  });
+
+  it('rejects garbage with WireError and never another exception', () => {
+    let seed = 12345;
+    const random = (): number => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    let rejected = 0;
+    for (let i = 0; i < 5000; i++) {
+      const len = Math.floor(random() * 64);
+      const bytes = Buffer.alloc(len);
+      for (let j = 0; j < len; j++) bytes[j] = Math.floor(random() * 256);
+      if (len > 0 && random() < 0.5) bytes[0] = 1; // a plausible version byte now and then
+      try {
+        for (const r of decodeRecords(bytes)) {
+          if (r.kind === Kind.JOB) readValue(r.payload);
+          else if (r.kind === Kind.RESULT) readResponse(r.payload);
+          else if (r.kind === Kind.ERROR) readError(r.payload);
+        }
+      } catch (err) {
+        expect(err).toBeInstanceOf(WireError);
+        rejected++;
+      }
+    }
+    expect(rejected).toBeGreaterThan(4000);
+  });
+
+  it('rejects an unknown version, an unknown kind and a payload running past the frame', () => {
+    const w = new RecordWriter();
+    w.empty(Kind.HEARTBEAT, 0, 0);
+    const good = w.take();
+    expect(decodeRecords(good)).toHaveLength(1);
+    const badVersion = Buffer.from(good);
+    badVersion[0] = 2;
+    expect(() => decodeRecords(badVersion)).toThrow(/version/);
+    const badKind = Buffer.from(good);
+    badKind[1] = 200;
+    expect(() => decodeRecords(badKind)).toThrow(/kind/);
+    const badLength = Buffer.from(good);
+    badLength.writeUInt32LE(1, 16);
+    expect(() => decodeRecords(badLength)).toThrow(/runs past/);
+    expect(good.length).toBe(HEADER_BYTES);
+  });
+
+  it('refuses to encode a value JSON cannot represent, leaving the batch unharmed', () => {
+    const w = new RecordWriter();
+    w.empty(Kind.DONE, 0, 1);
+    w.begin(Kind.JOB, 0, 0, 2, 0);
+    expect(() => writeValue(w, { big: 1n } as never)).toThrow();
+    w.abort();
+    const records = decodeRecords(w.take());
+    expect(records).toHaveLength(1);
+    expect(records[0]!.kind).toBe(Kind.DONE);
+  });
+});
