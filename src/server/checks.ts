@@ -6,12 +6,18 @@ import type { EngineLimits } from './engines/engine.js';
 
 /**
  * Checks every engine applies to a request head before it reads a body, so that both
- * engines refuse the same requests with the same status: the target's length, the number
- * and size of header fields, and framing headers that could smuggle a second request.
+ * engines refuse the same requests with the same status: the version, the target's
+ * length, the number and size of header fields, `Host`, `Expect`, and framing headers
+ * that could smuggle a second request. The `uws` engine also runs `checkSyntax`, for
+ * what llhttp already refuses in the `node` engine.
  */
 
 const DIGITS = /^[0-9]+$/;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// A header value: visible ASCII, space, tab and obs-text; no other control character.
+const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+// A request target: visible ASCII and obs-text; no space or control character.
+const TARGET = /^[\x21-\x7e\x80-\xff]*$/;
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
 
 /** An error as the front end answers it. */
@@ -19,11 +25,22 @@ export function refusal(code: ErrorCode, message: string): ErrorData {
   return { code, status: ERROR_STATUS[code], message };
 }
 
+/** 408: the request, or its head, did not arrive in time. */
+export const REQUEST_TIMEOUT: ErrorData = Object.freeze(refusal('BF_ERR_REQUEST_TIMEOUT', 'request not received in time'));
+
+/** 417 for an `Expect` other than `100-continue`. */
+export function expectationFailed(expect: string): ErrorData {
+  return refusal('BF_ERR_EXPECTATION', `expectation ${JSON.stringify(expect.slice(0, 64))} is not supported`);
+}
+
 /**
  * Returns the refusal for a bad request head, or null when it may proceed. `headers` is
- * the flat `[name, value, …]` list with lower-case names.
+ * the flat `[name, value, …]` list with lower-case names; `httpVersion` is `major.minor`.
+ * Order matters where a request breaks several rules: version (505), method (400/501),
+ * target (414/400), header count and size (431), then each header's own rules.
  */
-export function checkHead(method: string, target: string, headers: readonly string[], limits: EngineLimits): ErrorData | null {
+export function checkHead(method: string, target: string, httpVersion: string, headers: readonly string[], limits: EngineLimits): ErrorData | null {
+  if (httpVersion !== '1.1' && httpVersion !== '1.0') return refusal('BF_ERR_HTTP_VERSION', `HTTP/${httpVersion} is not supported, only HTTP/1.0 and HTTP/1.1`);
   if (!TOKEN.test(method)) return refusal('BF_ERR_BAD_REQUEST', 'malformed method');
   if (!KNOWN_METHODS.has(method)) return refusal('BF_ERR_NOT_IMPLEMENTED', `method ${method} is not implemented`);
   if (target.length > limits.maxUrlBytes) return refusal('BF_ERR_URL_TOO_LONG', `request target longer than ${limits.maxUrlBytes} bytes`);
@@ -31,29 +48,67 @@ export function checkHead(method: string, target: string, headers: readonly stri
   const count = headers.length >> 1;
   if (count > limits.maxHeaderCount) return refusal('BF_ERR_HEADERS_TOO_LARGE', `more than ${limits.maxHeaderCount} header fields`);
   let bytes = 0;
+  let hosts = 0;
   let contentLength: string | undefined;
   let transferEncoding: string | undefined;
+  let expect: string | undefined;
   for (let i = 0; i + 1 < headers.length; i += 2) {
     const name = headers[i]!;
     const value = headers[i + 1]!;
     bytes += name.length + value.length + 4;
-    if (name === 'content-length') {
-      if (contentLength !== undefined) return refusal('BF_ERR_BAD_REQUEST', 'more than one Content-Length');
-      contentLength = value;
-    } else if (name === 'transfer-encoding') {
-      transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
+    // Only the framing fields need a look; the first letter rules out most names cheaply.
+    switch (name.charCodeAt(0)) {
+      case 0x63: // c
+        if (name === 'content-length') {
+          if (contentLength !== undefined) return refusal('BF_ERR_BAD_REQUEST', 'more than one Content-Length');
+          contentLength = value;
+        }
+        break;
+      case 0x74: // t
+        if (name === 'transfer-encoding') transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
+        break;
+      case 0x68: // h
+        if (name === 'host') hosts++;
+        break;
+      case 0x65: // e
+        if (name === 'expect') expect = expect === undefined ? value : `${expect}, ${value}`;
+        break;
     }
   }
   if (bytes > limits.maxHeaderBytes) return refusal('BF_ERR_HEADERS_TOO_LARGE', `header block larger than ${limits.maxHeaderBytes} bytes`);
+  if (hosts > 1) return refusal('BF_ERR_BAD_REQUEST', 'more than one Host');
+  if (hosts === 0 && httpVersion === '1.1') return refusal('BF_ERR_BAD_REQUEST', 'an HTTP/1.1 request needs a Host header');
   if (contentLength !== undefined) {
     if (!DIGITS.test(contentLength)) return refusal('BF_ERR_BAD_REQUEST', 'Content-Length must be digits');
     if (transferEncoding !== undefined) return refusal('BF_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding');
-    if (Number(contentLength) > limits.maxBodyBytes) return refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${limits.maxBodyBytes} bytes`);
   }
   if (transferEncoding !== undefined) {
-    const codings = transferEncoding.split(',').map((c) => c.trim().toLowerCase());
-    if (codings[codings.length - 1] !== 'chunked') return refusal('BF_ERR_BAD_REQUEST', 'Transfer-Encoding must end with chunked');
-    if (codings.length > 1) return refusal('BF_ERR_NOT_IMPLEMENTED', `transfer coding ${codings[0]} is not implemented`);
+    const codings = transferEncoding.split(',');
+    const last = codings.length - 1;
+    if (codings[last]!.trim().toLowerCase() !== 'chunked') return refusal('BF_ERR_BAD_REQUEST', 'Transfer-Encoding must end with chunked');
+    if (last > 0) {
+      const others = codings.slice(0, last).map((c) => c.trim().toLowerCase());
+      if (others.includes('chunked')) return refusal('BF_ERR_BAD_REQUEST', 'chunked applied more than once');
+      return refusal('BF_ERR_NOT_IMPLEMENTED', `transfer coding ${JSON.stringify(others[0]!.slice(0, 32))} is not implemented`);
+    }
+  }
+  // Expect came with HTTP/1.1: in an HTTP/1.0 request it is ignored, as node:http does.
+  if (expect !== undefined && httpVersion === '1.1' && expect.trim().toLowerCase() !== '100-continue') return expectationFailed(expect);
+  if (contentLength !== undefined && Number(contentLength) > limits.maxBodyBytes) return refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${limits.maxBodyBytes} bytes`);
+  return null;
+}
+
+/**
+ * The request-line and field syntax llhttp enforces in the `node` engine, for engines
+ * whose parser lets more through (uWS passes DEL in values):
+ * a target without spaces or control characters, field names that are tokens, values
+ * without control characters. Returns the refusal (400) or null.
+ */
+export function checkSyntax(target: string, headers: readonly string[]): ErrorData | null {
+  if (!TARGET.test(target)) return refusal('BF_ERR_BAD_REQUEST', 'control character or space in the request target');
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (!TOKEN.test(headers[i]!)) return refusal('BF_ERR_BAD_REQUEST', 'malformed header name');
+    if (!FIELD_VALUE.test(headers[i + 1]!)) return refusal('BF_ERR_BAD_REQUEST', 'control character in a header value');
   }
   return null;
 }

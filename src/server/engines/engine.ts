@@ -33,7 +33,12 @@ export interface EngineReply {
 /** A request that needs no reading of a body was refused by the engine before it got here. */
 export type EngineHandler = (req: EngineRequest, reply: EngineReply) => void;
 
-/** Limits every engine applies before a request reaches the handler. */
+/**
+ * Limits every engine applies before a request reaches the handler. The connection-level
+ * ones (`maxConnections`, `keepAliveTimeoutMs`, `headersTimeoutMs`) need a hook on the
+ * connection itself, which only the `node` engine has: uWS closes idle and slow
+ * connections by itself after about 10 s, without a response, and cannot count them.
+ */
 export interface EngineLimits {
   /** Longest request target, in bytes (414 past it). */
   readonly maxUrlBytes: number;
@@ -43,12 +48,21 @@ export interface EngineLimits {
   readonly maxHeaderCount: number;
   /** Largest body, in bytes (413 past it). */
   readonly maxBodyBytes: number;
-  /** Idle time after which a keep-alive connection is closed, in ms. */
+  /**
+   * Idle time after which a keep-alive connection is closed, in ms. node:http advertises it
+   * in `Keep-Alive: timeout=` and closes one second later, so that a client reusing the
+   * connection right at the advertised limit does not meet the close.
+   */
   readonly keepAliveTimeoutMs: number;
   /** Time a client has to send the whole request head, in ms (408 past it). */
   readonly headersTimeoutMs: number;
-  /** Time a client has to send the whole request, head and body, in ms (408 past it). */
+  /**
+   * Time a client has to send the whole request, head and body, in ms (408 past it). The
+   * `uws` engine counts it from the end of the head, since uWS shows nothing before that.
+   */
   readonly requestReadTimeoutMs: number;
+  /** Most connections open at once; past it new connections are closed at once, unanswered. */
+  readonly maxConnections: number;
 }
 
 /** Refusals an engine answers itself, reported to the front end for counting and logging. */

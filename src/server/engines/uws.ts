@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type { HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import type { ErrorData } from '../../wire/index.js';
-import { checkHead, errorBody, refusal, statusLine } from '../checks.js';
+import { REQUEST_TIMEOUT, checkHead, checkSyntax, errorBody, refusal, statusLine } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, HttpEngine, Refusal } from './engine.js';
 
 type Uws = typeof import('uWebSockets.js');
@@ -33,9 +33,27 @@ export async function loadUws(): Promise<Uws> {
 
 /**
  * The `uws` engine: uWebSockets.js, the fastest, for HTTP/1.1 clients that send `Host`.
- * uWS itself ignores HTTP/1.0 requests and HTTP/1.1 requests without `Host` (they hang
- * until its idle timeout), and accepts duplicate or empty Content-Length, very long
- * targets and header blocks: the checks of `checkHead` run before anything else.
+ * The checks of `checkSyntax` and `checkHead` run before anything else, since uWS accepts
+ * duplicate or empty Content-Length, very long targets and header blocks, and DEL in
+ * values; a body that does not arrive within `requestReadTimeoutMs` of the head is
+ * answered 408.
+ *
+ * What uWS (this build, 20.30) does before a request reaches us, and we cannot change:
+ * - HTTP/1.0 requests, HTTP/1.1 requests without `Host`, and most malformed heads (bad
+ *   versions, control characters, obsolete line folding, whitespace before a colon, more
+ *   than about 47 header fields) get no response: the connection hangs until uWS's idle
+ *   timeout (about 10 s). An unknown method, a malformed `Content-Length`, both
+ *   `Content-Length` and `Transfer-Encoding`, or a bad chunk size close it unanswered.
+ * - A chunk whose data is not followed by CRLF is accepted. A chunk extension gets no
+ *   response (the connection hangs); a trailer field closes the connection unanswered. A
+ *   header line with an empty name is dropped.
+ * - `Expect: 100-continue` is answered `100 Continue` before the handler runs, so a body
+ *   too large is refused with 413 after the 100, not instead of it.
+ * - A second pipelined request that arrives before the first is answered closes the
+ *   connection.
+ * - Connections are closed by uWS after about 10 s idle or with an unfinished head, without
+ *   408; they cannot be counted, so `maxConnections`, `keepAliveTimeoutMs` and
+ *   `headersTimeoutMs` do not apply.
  */
 export class UwsEngine implements HttpEngine {
   private readonly app: TemplatedApp;
@@ -60,7 +78,7 @@ export class UwsEngine implements HttpEngine {
         headers.push(name, value);
       });
       const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-      const bad = checkHead(method, target, headers, this.limits);
+      const bad = checkSyntax(target, headers) ?? checkHead(method, target, '1.1', headers, this.limits);
       if (bad !== null) {
         this.refuse(reply, bad);
         return;
@@ -75,16 +93,22 @@ export class UwsEngine implements HttpEngine {
       }
       const chunks: Buffer[] = [];
       let size = 0;
+      const timer = setTimeout(() => {
+        if (!reply.aborted && !reply.sent) this.refuse(reply, REQUEST_TIMEOUT);
+      }, this.limits.requestReadTimeoutMs);
+      reply.onAbort(() => clearTimeout(timer));
       res.onData((chunk, isLast) => {
         if (reply.aborted || reply.sent) return;
         size += chunk.byteLength;
         if (size > this.limits.maxBodyBytes) {
+          clearTimeout(timer);
           this.refuse(reply, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
           return;
         }
         // The chunk's memory is uWS's and is reused after this callback: copy it.
         chunks.push(Buffer.from(new Uint8Array(chunk)));
         if (isLast) {
+          clearTimeout(timer);
           const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
           this.handler({ method, target, httpVersion: '1.1', headers, body, remoteAddress }, reply);
         }
