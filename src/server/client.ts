@@ -71,7 +71,6 @@ export class PipelineClient {
   private readonly stageSockets: zmq.Push[];
   private readonly toStages: Outbox[];
   private readonly pending = new Map<number, Pending>();
-  private nextId = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
   private drained: (() => void) | undefined;
@@ -111,6 +110,11 @@ export class PipelineClient {
     this.state = 'running';
   }
 
+  /** Where final answers arrive. */
+  get loopbackAddress(): string {
+    return this.options.loopback;
+  }
+
   /** Requests waiting for their answer. */
   get inFlight(): number {
     return this.pending.size;
@@ -130,9 +134,10 @@ export class PipelineClient {
       onAnswer(null, OVERLOAD_ERROR);
       return 0;
     }
-    let id = (this.nextId + 1) >>> 0;
-    if (id === 0) id = 1;
-    this.nextId = id;
+    // Random ids: an answer for an id it was never given cannot be matched to another
+    // client's request except by a 1 in 2^32 guess per request in flight.
+    let id = (Math.random() * 0x100000000) >>> 0;
+    while (id === 0 || this.pending.has(id)) id = (Math.random() * 0x100000000) >>> 0;
     const deadline = Date.now() + this.options.requestTimeoutMs;
     const outbox = this.toStages[0]!;
     const w = outbox.writer;

@@ -53,6 +53,8 @@ export interface StageDefinition<In = unknown> {
   readonly concurrency?: number;
   /** True when running a request twice is harmless: a job whose worker died is then re-sent once. */
   readonly idempotent?: boolean;
+  /** Time budget of this stage per job, in ms: past it (or the request's deadline, if sooner) the job is answered 504 and `ctx.signal` aborts. */
+  readonly timeoutMs?: number;
   /** Runs once per worker before its first job. */
   setup?(): void | Promise<void>;
   /**

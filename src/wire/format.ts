@@ -50,6 +50,8 @@ const MAX_KIND = 9;
 export const Flag = Object.freeze({
   /** The job was re-sent once after its worker died (idempotent stages only). */
   RETRIED: 1,
+  /** On HELLO: the worker heartbeats from a thread of its own, so silence means it is gone. */
+  PULSE: 2,
 } as const);
 
 /** One decoded record; `payload` is a view into the received message, valid until the next receive. */

@@ -29,5 +29,6 @@ export {
   type ResponseData,
   type ErrorData,
   type WelcomeConfig,
+  type HelloData,
 } from './payloads.js';
 export { Outbox, RouterOutbox, receiveEach, configureSocket, type LinkLogger, type LinkOptions } from './link.js';

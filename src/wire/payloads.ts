@@ -158,16 +158,26 @@ export function readError(payload: Buffer): ErrorData {
   return { status, code, message: r.utf8(r.remaining) };
 }
 
-/** Appends a worker's HELLO payload: the number of jobs it holds at once. */
-export function writeHello(w: RecordWriter, capacity: number): void {
-  w.u32(capacity);
+/** What a worker says when it joins its proxy. */
+export interface HelloData {
+  /** Jobs it holds at once, at least 1. */
+  readonly capacity: number;
+  /** A name unique among the stage's workers, given by its supervisor (may be empty). */
+  readonly label: string;
+}
+
+/** Appends a worker's HELLO payload: u32 capacity, then its label as UTF-8. */
+export function writeHello(w: RecordWriter, hello: HelloData): void {
+  w.u32(hello.capacity);
+  w.utf8(hello.label);
 }
 
 /** Decodes a HELLO payload; capacity is at least 1. */
-export function readHello(payload: Buffer): number {
-  const capacity = new PayloadReader(payload).u32();
+export function readHello(payload: Buffer): HelloData {
+  const r = new PayloadReader(payload);
+  const capacity = r.u32();
   if (capacity < 1) throw new WireError('worker capacity must be at least 1');
-  return capacity;
+  return { capacity, label: r.utf8(r.remaining) };
 }
 
 /** What a proxy tells a worker that joins its stage. */

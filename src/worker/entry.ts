@@ -17,6 +17,10 @@ async function run(launch: WorkerLaunch, report: (r: WorkerReport) => void, onCo
       stage,
       connect: launch.connect,
       concurrency: launch.concurrency,
+      timeoutMs: launch.timeoutMs,
+      label: launch.label,
+      // A worker process heartbeats from a thread of its own; a worker thread cannot own one safely.
+      pulse: isMainThread,
       maxMessageBytes: launch.maxMessageBytes,
       logger,
     });

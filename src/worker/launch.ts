@@ -6,6 +6,10 @@ export interface WorkerLaunch {
   readonly connect: string;
   /** Jobs held at once; undefined for the stage's own default. */
   readonly concurrency: number | undefined;
+  /** The stage's time budget per job, in ms; undefined for the stage's own. */
+  readonly timeoutMs: number | undefined;
+  /** The worker's name for its proxy and supervisor. */
+  readonly label: string;
   readonly maxMessageBytes: number;
   /** pino level for the worker's own log lines. */
   readonly logLevel: string;

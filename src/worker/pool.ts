@@ -16,7 +16,7 @@ export interface WorkerPoolOptions {
   connect: string;
   /** Workers to keep running. Default 2. */
   workers: number;
-  /** Threads or processes. Default `thread`. */
+  /** Processes or threads. Default `process` (see `kill`). */
   transport: WorkerTransport;
   /** Jobs one worker holds at once; undefined for the stage's own default. */
   concurrency: number | undefined;
@@ -26,6 +26,10 @@ export interface WorkerPoolOptions {
   startTimeoutMs: number;
   /** How long `close()` waits for a worker to finish before killing it, in ms. Default 10000. */
   closeTimeoutMs: number;
+  /** The stage's time budget per job, in ms; undefined for the stage's own. */
+  timeoutMs: number | undefined;
+  /** Told each worker's label when it exits, expected or not (embedded mode tells the proxy). */
+  onWorkerExit: ((label: string) => void) | undefined;
   /** pino level for the workers' own log lines. Default `info`. */
   logLevel: string;
   logger: Logger;
@@ -34,22 +38,28 @@ export interface WorkerPoolOptions {
 /** Defaults for the options that have them. */
 export const POOL_DEFAULTS = Object.freeze({
   workers: 2,
-  transport: 'thread' as WorkerTransport,
+  transport: 'process' as WorkerTransport,
   concurrency: undefined,
   maxMessageBytes: 64 * 1024 * 1024,
   startTimeoutMs: 10_000,
   closeTimeoutMs: 10_000,
+  timeoutMs: undefined,
+  onWorkerExit: undefined,
   logLevel: 'info',
   logger: silentLogger,
 });
 
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
+/** Quick failures in a row after which a slot's restarts are logged as a crash loop. */
+const CRASH_LOOP_FAILURES = 5;
 /** A worker that lived this long resets its slot's backoff. */
 const STABLE_MS = 10_000;
 
 interface Slot {
   handle: WorkerHandle | undefined;
+  label: string;
+  generation: number;
   startedAt: number;
   failures: number;
   timer: NodeJS.Timeout | undefined;
@@ -105,7 +115,7 @@ export class WorkerPool {
   async start(): Promise<void> {
     const starts: Promise<void>[] = [];
     for (let i = 0; i < this.options.workers; i++) {
-      const slot: Slot = { handle: undefined, startedAt: 0, failures: 0, timer: undefined };
+      const slot: Slot = { handle: undefined, label: '', generation: 0, startedAt: 0, failures: 0, timer: undefined };
       this.slots.push(slot);
       starts.push(this.spawn(slot));
     }
@@ -151,15 +161,59 @@ export class WorkerPool {
     this.state = 'closed';
   }
 
-  private launch(): WorkerLaunch {
+  private launch(label: string): WorkerLaunch {
     const o = this.options;
-    return { module: o.module, connect: o.connect, concurrency: o.concurrency, maxMessageBytes: o.maxMessageBytes, logLevel: o.logLevel };
+    return {
+      module: o.module,
+      connect: o.connect,
+      concurrency: o.concurrency,
+      timeoutMs: o.timeoutMs,
+      label,
+      maxMessageBytes: o.maxMessageBytes,
+      logLevel: o.logLevel,
+    };
+  }
+
+  /**
+   * Kills the worker with this label at once (its proxy found it stuck); its supervisor
+   * starts a replacement. A worker thread cannot be killed while it holds ZeroMQ sockets
+   * without aborting the whole process, so a stuck thread is only reported.
+   */
+  kill(label: string): void {
+    const slot = this.slots.find((s) => s.label === label && s.handle !== undefined);
+    if (slot === undefined) return;
+    if (this.options.transport === 'thread') {
+      this.logger.error({ stage: this.options.name, worker: label }, 'worker thread stuck; it cannot be killed (use the process transport)');
+      return;
+    }
+    this.logger.warn({ stage: this.options.name, worker: label }, 'killing stuck worker');
+    slot.handle!.kill();
+  }
+
+  /**
+   * Replaces every worker, one at a time: starts the new one, waits until it has joined,
+   * then lets the old one finish what it holds and stop. Requests are not lost.
+   */
+  async rollingRestart(): Promise<void> {
+    for (const slot of this.slots) {
+      if (this.state !== 'running') return;
+      const old = slot.handle;
+      await this.spawn(slot);
+      if (old !== undefined) {
+        old.command({ type: 'close' });
+        await this.exits.get(old);
+      }
+    }
   }
 
   private spawn(slot: Slot): Promise<void> {
     const o = this.options;
-    const handle = o.transport === 'thread' ? startThreadWorker(this.launch()) : startProcessWorker(this.launch());
+    slot.generation++;
+    const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}`;
+    const launch = this.launch(label);
+    const handle = o.transport === 'thread' ? startThreadWorker(launch) : startProcessWorker(launch);
     slot.handle = handle;
+    slot.label = label;
     slot.startedAt = Date.now();
     return new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -184,8 +238,11 @@ export class WorkerPool {
           handle.onExit((code, signal) => {
             this.exits.delete(handle);
             settle(new Error(`a worker of stage ${o.name} exited while starting (code ${code}, signal ${signal})`));
-            if (slot.handle === handle) slot.handle = undefined;
-            if (this.state === 'running') this.restart(slot, handle, code, signal);
+            o.onWorkerExit?.(label);
+            if (slot.handle === handle) {
+              slot.handle = undefined;
+              if (this.state === 'running') this.restart(slot, handle, code, signal);
+            }
             exited();
           }),
         ),
@@ -197,7 +254,11 @@ export class WorkerPool {
     slot.failures = Date.now() - slot.startedAt > STABLE_MS ? 0 : slot.failures + 1;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, slot.failures - 1));
     this.restarts++;
-    this.logger.warn({ stage: this.options.name, worker: handle.id, code, signal, restartInMs: delay, failures: slot.failures }, 'worker exited; restarting');
+    const level = slot.failures >= CRASH_LOOP_FAILURES ? 'error' : 'warn';
+    this.logger[level](
+      { stage: this.options.name, worker: slot.label, pid: handle.pid, code, signal, restartInMs: delay, failures: slot.failures },
+      slot.failures >= CRASH_LOOP_FAILURES ? 'worker crashing in a loop; restarting with backoff' : 'worker exited; restarting',
+    );
     slot.timer = setTimeout(() => {
       slot.timer = undefined;
       if (this.state !== 'running') return;

@@ -1,5 +1,5 @@
 import * as zmq from 'zeromq';
-import { ButterflyError, toErrorRecord } from '../errors.js';
+import { ButterflyError, ERROR_STATUS, toErrorRecord } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
 import { endpoint, integerIn, withDefaults } from '../options.js';
 import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, makeReply } from '../stages/index.js';
@@ -21,6 +21,7 @@ import {
   type WelcomeConfig,
   type WireRecord,
 } from '../wire/index.js';
+import { type Pulse, startPulse } from './pulse.js';
 
 /** Options of one stage worker. */
 export interface StageWorkerOptions {
@@ -32,6 +33,18 @@ export interface StageWorkerOptions {
   concurrency: number | undefined;
   /** Largest ZeroMQ message accepted, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
+  /** This stage's time budget per job, in ms (default: the stage's `timeoutMs`, else none): past it the job is answered 504. */
+  timeoutMs: number | undefined;
+  /** Time a handler may run past its deadline before the worker gives up on it, in ms. Default 1000. */
+  graceMs: number;
+  /** A name unique among the stage's workers, given by the supervisor; the proxy reports it when the worker is stuck. */
+  label: string;
+  /**
+   * Heartbeat from a thread of its own (default false), so that a handler blocking the
+   * event loop does not make the worker look dead. Only for a worker that is its process's
+   * main thread: a worker thread must not own threads holding sockets.
+   */
+  pulse: boolean;
   logger: Logger;
 }
 
@@ -39,11 +52,18 @@ export interface StageWorkerOptions {
 export const WORKER_DEFAULTS = Object.freeze({
   concurrency: undefined,
   maxMessageBytes: 64 * 1024 * 1024,
+  timeoutMs: undefined,
+  graceMs: 1000,
+  label: '',
+  pulse: false,
   logger: silentLogger,
 });
 
 /** Time a worker runs queued jobs before it lets its messages out, in ms. */
 const TURN_BUDGET_MS = 0.5;
+
+/** How often running jobs' deadlines are checked, in ms. */
+const SWEEP_MS = 50;
 
 /** How long `close()` waits for running jobs before dropping them, in ms. */
 const CLOSE_GRACE_MS = 5000;
@@ -60,6 +80,9 @@ export class StageWorker {
   private readonly options: StageWorkerOptions;
   private readonly stage: StageDefinition;
   private readonly capacity: number;
+  private readonly budgetMs: number;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private pulse: Pulse | undefined;
   private readonly logger: Logger;
   private dealer: zmq.Dealer;
   private toProxy: Outbox;
@@ -78,6 +101,7 @@ export class StageWorker {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private lastHeard = Date.now();
   private idle: (() => void) | undefined;
+  private released: (() => void) | undefined;
   private loops: Promise<void>[] = [];
 
   constructor(options: Partial<StageWorkerOptions> & Pick<StageWorkerOptions, 'stage' | 'connect'>) {
@@ -85,6 +109,9 @@ export class StageWorker {
     endpoint('connect', o.connect);
     integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
     this.capacity = integerIn('concurrency', o.concurrency ?? o.stage.concurrency ?? 1, 1, 65536);
+    const budget = o.timeoutMs ?? o.stage.timeoutMs;
+    this.budgetMs = budget === undefined ? 0 : integerIn('timeoutMs', budget, 1);
+    integerIn('graceMs', o.graceMs, 0);
     this.options = o;
     this.stage = o.stage;
     this.logger = o.logger;
@@ -107,21 +134,28 @@ export class StageWorker {
   }
 
   /**
-   * Leaves gracefully: tells the proxy to send nothing more, lets running jobs finish
-   * (up to 5 s), runs the stage's teardown and closes the sockets. Idempotent.
+   * Leaves gracefully: tells the proxy to send nothing more, finishes what it holds and
+   * whatever the proxy sent before reading that, until the proxy has let it go (up to
+   * 5 s), runs the stage's teardown and closes the sockets. Idempotent.
    */
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
     this.toProxy.writer.empty(Kind.BYE, this.config?.stage ?? 0, 0);
     this.toProxy.schedule();
-    if (this.inFlight > 0) {
+    if (this.config !== undefined) {
+      // Jobs the proxy sent before it read the BYE may still be on their way. The proxy
+      // forgets a leaving worker once it has the DONE of every job it gave it, and then
+      // answers anything more from it with BYE: so, each time this worker is idle, it asks
+      // (a heartbeat after its last DONE), and it leaves on that BYE.
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, CLOSE_GRACE_MS);
-        this.idle = () => {
+        this.released = () => {
           clearTimeout(timer);
           resolve();
         };
+        this.idle = () => this.askReleased();
+        if (this.inFlight === 0) this.askReleased();
       });
     }
     await this.flushed();
@@ -154,8 +188,8 @@ export class StageWorker {
 
   private join(): void {
     const w = this.toProxy.writer;
-    w.begin(Kind.HELLO, 0, this.config?.stage ?? 0, 0, 0);
-    writeHello(w, Math.max(1, this.capacity - this.running.size));
+    w.begin(Kind.HELLO, this.options.pulse && this.options.label !== '' ? Flag.PULSE : 0, this.config?.stage ?? 0, 0, 0);
+    writeHello(w, { capacity: Math.max(1, this.capacity - this.running.size), label: this.options.label });
     w.end();
     this.toProxy.schedule();
   }
@@ -163,6 +197,8 @@ export class StageWorker {
   private async shut(): Promise<void> {
     this.state = 'closed';
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    await this.pulse?.stop();
     this.dealer.close();
     this.nextSocket?.close();
     this.loopbackSocket?.close();
@@ -200,6 +236,7 @@ export class StageWorker {
         case Kind.BYE:
           // The proxy no longer knows this worker (it was expired): join again.
           if (this.state === 'running') this.join();
+          else if (this.state === 'draining') this.released?.();
           break;
         default:
           break;
@@ -268,6 +305,9 @@ export class StageWorker {
       this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
       this.heartbeatTimer.unref();
     }
+    if (this.options.pulse && this.options.label !== '' && this.pulse === undefined) {
+      this.pulse = startPulse({ connect: this.options.connect, label: this.options.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
+    }
     this.config = config;
     this.lastHeard = Date.now();
     this.logger.info({ stage: this.stage.name, index: config.stage, capacity: this.capacity }, 'worker joined its proxy');
@@ -293,13 +333,19 @@ export class StageWorker {
   }
 
   private run(r: WireRecord): void {
-    const job = new Job(r.id, r.stage, r.deadline, r.flags & ~Flag.RETRIED);
-    if (job.deadline !== 0 && job.deadline <= Date.now()) {
+    const now = Date.now();
+    if (r.deadline !== 0 && r.deadline <= now) {
       // The front end has answered 504 already.
-      this.done(job);
+      this.toProxy.writer.empty(Kind.DONE, r.stage, r.id);
       return;
     }
+    const budget = this.budgetMs === 0 ? 0 : now + this.budgetMs;
+    const job = new Job(r.id, r.stage, r.deadline, budget !== 0 && (r.deadline === 0 || budget < r.deadline) ? budget : r.deadline, r.flags & ~Flag.RETRIED, this.expireBound);
     this.running.set(job.id, job);
+    if (job.deadline !== 0 && this.sweepTimer === undefined) {
+      this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS);
+      this.sweepTimer.unref();
+    }
     let outcome: unknown;
     try {
       let payload = readValue(r.payload);
@@ -339,7 +385,7 @@ export class StageWorker {
         return;
       }
       const w = toNext.writer;
-      w.begin(Kind.JOB, job.flags, job.stage + 1, job.id, job.deadline);
+      w.begin(Kind.JOB, job.flags, job.stage + 1, job.id, job.requestDeadline);
       try {
         const payload = outcome.payload;
         writeValue(w, (payload instanceof HttpRequest ? payload.data : payload) as Value);
@@ -361,7 +407,7 @@ export class StageWorker {
       return;
     }
     const w = toLoopback.writer;
-    w.begin(Kind.RESULT, 0, job.stage, job.id, job.deadline);
+    w.begin(Kind.RESULT, 0, job.stage, job.id, job.requestDeadline);
     try {
       writeResponse(w, reply);
     } catch (err) {
@@ -378,16 +424,66 @@ export class StageWorker {
       const record = toErrorRecord(err, this.stage.name);
       if (!(err instanceof ButterflyError)) this.logger.warn({ err, stage: this.stage.name, id: job.id }, 'stage handler threw');
       const w = this.toLoopback!.writer;
-      w.begin(Kind.ERROR, 0, job.stage, job.id, job.deadline);
+      w.begin(Kind.ERROR, 0, job.stage, job.id, job.requestDeadline);
       writeError(w, record);
       w.end();
     }
     this.done(job);
   }
 
+  /**
+   * Enforces deadlines on running jobs: at a job's deadline its signal aborts (and a stage
+   * budget shorter than the request's deadline answers 504 at once); a handler still
+   * running `graceMs` later is given up on, freeing its slot. A handler that blocks the
+   * event loop cannot be stopped from here: its proxy reports the worker stuck.
+   */
+  private sweep(): void {
+    if (this.running.size === 0) {
+      clearInterval(this.sweepTimer);
+      this.sweepTimer = undefined;
+      return;
+    }
+    const now = Date.now();
+    for (const job of this.running.values()) {
+      if (job.deadline === 0 || now < job.deadline) continue;
+      if (!job.expired) {
+        this.expire(job);
+      } else if (now >= job.deadline + this.options.graceMs) {
+        this.logger.warn({ stage: this.stage.name, id: job.id }, 'handler ignored its deadline; slot freed');
+        this.done(job);
+      }
+    }
+    this.toLoopback?.schedule();
+    this.toProxy.schedule();
+  }
+
+  /** A job reached its deadline here: its signal aborts, and a stage budget answers 504 itself. */
+  private expire(job: Job): void {
+    if (job.expired) return;
+    job.expired = true;
+    const answered = job.cancelled;
+    job.abort('deadline reached');
+    // At the request's own deadline the front end answers 504; a shorter stage budget is ours to answer.
+    if (!answered && (job.requestDeadline === 0 || job.deadline < job.requestDeadline)) {
+      const w = this.toLoopback!.writer;
+      w.begin(Kind.ERROR, 0, job.stage, job.id, job.requestDeadline);
+      writeError(w, { code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: `stage ${this.stage.name} ran out of time` });
+      w.end();
+      this.toLoopback!.schedule();
+    }
+  }
+
+  private readonly expireBound = (job: Job): void => this.expire(job);
+
+  private askReleased(): void {
+    this.toProxy.writer.empty(Kind.HEARTBEAT, this.config?.stage ?? 0, 0);
+    this.toProxy.schedule();
+  }
+
   private done(job: Job): void {
     job.finished();
-    this.running.delete(job.id);
+    // A job given up on at its deadline may still finish later: it is done only once.
+    if (!this.running.delete(job.id)) return;
     this.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
     if (this.inFlight === 0) this.idle?.();
   }
@@ -414,13 +510,22 @@ export class StageWorker {
 class Job implements StageContext {
   private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** True once the client no longer waits for this job (cancelled, or past its deadline): its outcome is dropped. */
   cancelled = false;
+  /** True once the worker has handled this job's deadline. */
+  expired = false;
 
+  /**
+   * @param requestDeadline the request's deadline, carried on to later stages
+   * @param deadline this job's deadline here: the request's, or the stage budget's if sooner
+   */
   constructor(
     readonly id: number,
     readonly stage: number,
+    readonly requestDeadline: number,
     readonly deadline: number,
     readonly flags: number,
+    private readonly onDeadline: (job: Job) => void,
   ) {}
 
   get signal(): AbortSignal {
@@ -430,8 +535,7 @@ class Job implements StageContext {
       if (this.cancelled) {
         controller.abort(new ButterflyError('BF_ERR_DEADLINE', 'request cancelled'));
       } else if (this.deadline !== 0) {
-        const abort = (): void => controller.abort(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
-        this.timer = setTimeout(abort, Math.max(0, this.deadline - Date.now()));
+        this.timer = setTimeout(() => this.onDeadline(this), Math.max(0, this.deadline - Date.now()));
         this.timer.unref();
       }
     }

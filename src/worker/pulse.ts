@@ -1,0 +1,32 @@
+import { Worker } from 'node:worker_threads';
+
+/** What the pulse thread needs. */
+export interface PulseLaunch {
+  readonly connect: string;
+  readonly label: string;
+  readonly stage: number;
+  readonly heartbeatMs: number;
+}
+
+const PULSE_ENTRY = new URL('./pulse-entry.js', import.meta.url);
+
+/** A running pulse thread; `stop()` closes its socket before the thread ends. */
+export interface Pulse {
+  stop(): Promise<void>;
+}
+
+/** Starts heartbeating for a worker from a thread of its own. */
+export function startPulse(launch: PulseLaunch): Pulse {
+  const thread = new Worker(PULSE_ENTRY, { workerData: launch });
+  thread.unref();
+  let stopping: Promise<void> | undefined;
+  return {
+    stop(): Promise<void> {
+      stopping ??= new Promise<void>((resolve) => {
+        thread.once('exit', () => resolve());
+        thread.postMessage('stop');
+      });
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,424 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as zmq from 'zeromq';
+import type { Butterfly, ButterflyOptions } from '../dist/index.js';
+import { RequestData } from '../dist/index.js';
+import { daemon, fixture, request, start } from './helpers.js';
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'bf-contract-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let markCount = 0;
+function markFile(): string {
+  return join(dir, `mark-${++markCount}`);
+}
+
+/** Polls `check` every 20 ms until it is true; fails after `timeoutMs`. */
+async function waitFor(what: string, check: () => boolean, timeoutMs = 5000): Promise<number> {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return Date.now() - started;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function readMark(file: string): string {
+  return existsSync(file) ? readFileSync(file, 'utf8') : '';
+}
+
+/** The pid a `/sleep` or `/spin` job wrote to its mark when it started. */
+async function startedPid(file: string): Promise<number> {
+  await waitFor(`job start in ${file}`, () => readMark(file).startsWith('started'));
+  return Number(readMark(file).split(' ')[1]);
+}
+
+function contract(options: Partial<ButterflyOptions> & { stage?: Record<string, unknown>; module?: string } = {}): Promise<Butterfly> {
+  const { stage, module, ...rest } = options;
+  return start({
+    transport: 'process',
+    workers: 2,
+    heartbeatMs: 200,
+    liveness: 3,
+    pipeline: { stages: [{ module: fixture(module ?? 'contract-stage.js'), ...stage }] },
+    ...rest,
+  });
+}
+
+const timed = async <T>(p: Promise<T>): Promise<[T, number]> => {
+  const t = Date.now();
+  const v = await p;
+  return [v, Date.now() - t];
+};
+
+describe('deadlines', () => {
+  it('answers 504 at the request deadline and aborts the handler signal', async () => {
+    await using bf = await contract({ requestTimeoutMs: 400 });
+    const mark = markFile();
+    const [res, ms] = await timed(request(bf.port, `/sleep?ms=10000&mark=${mark}`));
+    expect(res.status).toBe(504);
+    expect(JSON.parse(res.body).error.code).toBe('BF_ERR_DEADLINE');
+    expect(ms).toBeGreaterThanOrEqual(380);
+    expect(ms).toBeLessThan(1400);
+    await waitFor('the handler to see its signal abort', () => readMark(mark) === 'aborted', 1000);
+  });
+
+  it("answers 504 when a stage's own budget runs out before the request deadline", async () => {
+    await using bf = await contract({ requestTimeoutMs: 20_000, stage: { timeoutMs: 300 } });
+    const mark = markFile();
+    const [res, ms] = await timed(request(bf.port, `/sleep?ms=10000&mark=${mark}`));
+    expect(res.status).toBe(504);
+    expect(ms).toBeLessThan(1000);
+    await waitFor('the handler to see its signal abort', () => readMark(mark) === 'aborted', 1000);
+  });
+
+  it('kills and replaces a worker whose handler spins past the deadline plus grace', async () => {
+    await using bf = await contract({ requestTimeoutMs: 300, stage: { workers: 1 } });
+    const mark = markFile();
+    const res = await request(bf.port, `/spin?ms=60000&mark=${mark}`);
+    expect(res.status).toBe(504);
+    const pid = await startedPid(mark);
+    // deadline 300 ms + grace 1 s + one heartbeat check
+    await waitFor('the spinning worker to be killed', () => !alive(pid), 4000);
+    await waitFor('a replacement worker', () => bf.workerPids().length === 1 && bf.workerPids()[0] !== pid, 5000);
+    expect(bf.pools[0]!.restarts).toBeGreaterThanOrEqual(1);
+    await waitFor('the replacement to join', () => bf.proxies[0]!.stats().workers === 1, 5000);
+    expect((await request(bf.port, '/pid')).status).toBe(200);
+  });
+});
+
+describe('admission', () => {
+  it("answers 503 with Retry-After at once when a stage's queue is full, and serves the rest", async () => {
+    await using bf = await contract({ maxQueue: 4, stage: { workers: 1, concurrency: 1 } });
+    const results = await Promise.all(Array.from({ length: 20 }, () => timed(request(bf.port, '/sleep?ms=150'))));
+    const ok = results.filter(([r]) => r.status === 200);
+    const refused = results.filter(([r]) => r.status === 503);
+    expect(ok.length + refused.length).toBe(20);
+    expect(ok.length).toBeGreaterThanOrEqual(5); // one running + four queued
+    expect(refused.length).toBeGreaterThanOrEqual(10);
+    for (const [r, ms] of refused) {
+      expect(r.headers['retry-after']).toBe('1');
+      expect(JSON.parse(r.body).error.code).toBe('BF_ERR_OVERLOADED');
+      expect(ms).toBeLessThan(50);
+    }
+    // What was accepted waited at most for the queue ahead of it.
+    for (const [, ms] of ok) expect(ms).toBeLessThan(150 * 8);
+  });
+
+  it('answers 503 at once past the bound on requests in flight', async () => {
+    await using bf = await contract({ maxInFlight: 3 });
+    const results = await Promise.all(Array.from({ length: 10 }, () => timed(request(bf.port, '/sleep?ms=300'))));
+    expect(results.filter(([r]) => r.status === 200)).toHaveLength(3);
+    const refused = results.filter(([r]) => r.status === 503);
+    expect(refused).toHaveLength(7);
+    for (const [r, ms] of refused) {
+      expect(r.headers['retry-after']).toBe('1');
+      expect(ms).toBeLessThan(50);
+    }
+  });
+});
+
+describe('dead and stuck workers', () => {
+  it('answers 502 for the request of a busy worker killed with SIGKILL, and replaces the worker', async () => {
+    await using bf = await contract();
+    const mark = markFile();
+    const pending = timed(request(bf.port, `/sleep?ms=20000&mark=${mark}`));
+    const pid = await startedPid(mark);
+    const killedAt = Date.now();
+    process.kill(pid, 'SIGKILL');
+    const [res] = await pending;
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body).error.code).toBe('BF_ERR_WORKER_DIED');
+    expect(Date.now() - killedAt).toBeLessThan(600); // the liveness window is 3 x 200 ms
+    await waitFor('a replacement worker', () => bf.workerPids().length === 2 && !bf.workerPids().includes(pid));
+    await waitFor('the replacement to join', () => bf.proxies[0]!.stats().workers === 2);
+  });
+
+  it('re-sends once, to another worker, the job of a killed worker of an idempotent stage', async () => {
+    await using bf = await contract({ module: 'contract-idempotent.js' });
+    const mark = markFile();
+    const pending = request(bf.port, `/retry-aware?mark=${mark}`);
+    await waitFor('the first attempt', () => existsSync(`${mark}.seen`));
+    const pid = Number(readFileSync(`${mark}.seen`, 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    const res = await pending;
+    expect(res.status).toBe(200);
+    const body = JSON.parse(res.body);
+    expect(body.retried).toBe(true);
+    expect(body.pid).not.toBe(pid);
+  });
+
+  it('expires a stopped idle worker after the liveness window without losing a request', async () => {
+    await using bf = await contract();
+    const [victim] = bf.workerPids();
+    process.kill(victim!, 'SIGSTOP');
+    try {
+      const answers: number[] = [];
+      const sends: Promise<void>[] = [];
+      for (let i = 0; i < 20; i++) {
+        sends.push(request(bf.port, '/pid').then((r) => void answers.push(r.status)));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await waitFor('the stopped worker to be expired', () => bf.proxies[0]!.stats().workers === 1, 2000);
+      await Promise.all(sends);
+      expect(answers).toHaveLength(20);
+      for (const status of answers) expect([200, 502]).toContain(status);
+      expect(answers.filter((s) => s === 200).length).toBeGreaterThanOrEqual(14);
+    } finally {
+      process.kill(victim!, 'SIGCONT');
+    }
+  });
+
+  it('answers 503 within a second when every worker of a stage is dead, and recovers when they return', async () => {
+    await using bf = await contract();
+    const pids = bf.workerPids();
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    await waitFor('the workers to be gone', () => bf.proxies[0]!.stats().workers === 0, 1000);
+    const [res, ms] = await timed(request(bf.port, '/pid'));
+    if (res.status === 503) {
+      expect(JSON.parse(res.body).error.code).toBe('BF_ERR_NO_WORKER');
+      expect(res.headers['retry-after']).toBe('1');
+    } else {
+      expect(res.status).toBe(200); // a replacement had already joined
+    }
+    expect(ms).toBeLessThan(1000);
+    await waitFor('replacements to join', () => bf.proxies[0]!.stats().workers === 2);
+    expect((await request(bf.port, '/pid')).status).toBe(200);
+  });
+
+  it('backs off a worker that crashes in a loop instead of restarting it in a tight loop', async () => {
+    const crash = join(dir, 'crash');
+    process.env.BF_TEST_CRASH_FILE = crash;
+    try {
+      await using bf = await contract({ stage: { workers: 1 } });
+      writeFileSync(crash, '1');
+      process.kill(bf.workerPids()[0]!, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 2000));
+      // 100, 200, 400, 800 ms: a handful of restarts in two seconds, not hundreds.
+      expect(bf.pools[0]!.restarts).toBeGreaterThanOrEqual(3);
+      expect(bf.pools[0]!.restarts).toBeLessThanOrEqual(6);
+      unlinkSync(crash);
+      await waitFor('the stage to recover', () => bf.proxies[0]!.stats().workers === 1, 8000);
+      expect((await request(bf.port, '/pid')).status).toBe(200);
+    } finally {
+      delete process.env.BF_TEST_CRASH_FILE;
+    }
+  }, 20_000);
+
+  it('replaces every worker one at a time under load without losing a request', async () => {
+    await using bf = await contract();
+    const before = bf.workerPids();
+    let stop = false;
+    const statuses: number[] = [];
+    const load = Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (!stop) statuses.push((await request(bf.port, '/sleep?ms=5')).status);
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    await bf.pools[0]!.rollingRestart();
+    await new Promise((r) => setTimeout(r, 200));
+    stop = true;
+    await load;
+    expect(statuses.length).toBeGreaterThan(50);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    const after = bf.workerPids();
+    expect(after).toHaveLength(2);
+    for (const pid of before) expect(after).not.toContain(pid);
+  });
+});
+
+describe('cancellation', () => {
+  it("aborts a running handler's signal when its client goes away", async () => {
+    await using bf = await contract();
+    const mark = markFile();
+    const req = http.get({ host: '127.0.0.1', port: bf.port, path: `/sleep?ms=20000&mark=${mark}` });
+    req.on('error', () => {});
+    await startedPid(mark);
+    req.destroy();
+    await waitFor('the handler to see its signal abort', () => readMark(mark) === 'aborted', 1000);
+    await waitFor('the request to leave the pipeline', () => bf.client.inFlight === 0 && bf.proxies[0]!.stats().inFlight === 0, 1000);
+  });
+
+  it('drops a queued request from the queue when its client goes away', async () => {
+    await using bf = await contract({ stage: { workers: 1, concurrency: 1 } });
+    const busy = markFile();
+    const running = request(bf.port, `/sleep?ms=800&mark=${busy}`);
+    await startedPid(busy);
+    const req = http.get({ host: '127.0.0.1', port: bf.port, path: '/pid' });
+    req.on('error', () => {});
+    await waitFor('the second request to queue', () => bf.proxies[0]!.stats().queued === 1, 1000);
+    req.destroy();
+    await waitFor('the queue to empty', () => bf.proxies[0]!.stats().queued === 0, 1000);
+    expect((await running).status).toBe(200);
+    expect(bf.client.inFlight).toBe(0);
+  });
+});
+
+describe('drain', () => {
+  function pipelineFile(): string {
+    const file = join(dir, `pipeline-${++markCount}.json`);
+    writeFileSync(file, JSON.stringify({ stages: [{ module: fixture('contract-stage.js'), concurrency: 8 }] }));
+    return file;
+  }
+
+  async function refusesConnections(port: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/pid', agent: false });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(false);
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+    });
+  }
+
+  it('on SIGTERM stops accepting, lets requests in flight finish, and exits 0', async () => {
+    const d = await daemon(['--port', '0', '--workers', '2', '--transport', 'process', '--pipeline', pipelineFile(), '--drain-timeout', '5000']);
+    try {
+      const marks = Array.from({ length: 5 }, () => markFile());
+      const inFlight = marks.map((m) => request(d.port, `/sleep?ms=700&mark=${m}`));
+      for (const m of marks) await startedPid(m);
+      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
+      d.child.kill('SIGTERM');
+      let refused = false;
+      for (let i = 0; i < 25 && !refused; i++) {
+        refused = await refusesConnections(d.port);
+        if (!refused) await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(refused).toBe(true);
+      const results = await Promise.all(inFlight);
+      expect(results.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+      expect(await exited).toBe(0);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('answers 503 for what is still running when the drain time is up, and exits 0', async () => {
+    const d = await daemon(['--port', '0', '--workers', '1', '--transport', 'process', '--pipeline', pipelineFile(), '--drain-timeout', '300']);
+    try {
+      const mark = markFile();
+      const pending = request(d.port, `/sleep?ms=10000&mark=${mark}`);
+      await startedPid(mark);
+      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
+      d.child.kill('SIGTERM');
+      const [res, ms] = await timed(pending);
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body).error.code).toBe('BF_ERR_DRAINING');
+      expect(ms).toBeLessThan(2000);
+      expect(await exited).toBe(0);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('exits at once on a second signal', async () => {
+    const d = await daemon(['--port', '0', '--workers', '1', '--transport', 'process', '--pipeline', pipelineFile(), '--drain-timeout', '20000']);
+    try {
+      const mark = markFile();
+      const pending = request(d.port, `/sleep?ms=15000&mark=${mark}`).catch(() => undefined);
+      await startedPid(mark);
+      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
+      d.child.kill('SIGTERM');
+      await waitFor('the daemon to start draining', () => d.output().includes('"msg":"draining"'));
+      const [code, ms] = await timed(Promise.all([(d.child.kill('SIGTERM'), exited)]));
+      expect(code[0]).not.toBe(0);
+      expect(ms).toBeLessThan(1000);
+      await pending;
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe('garbage inside', () => {
+  it('counts and drops undecodable messages and answers for unknown ids, and goes on serving', async () => {
+    await using bf = await contract();
+    const toProxy = new zmq.Push({ linger: 0 });
+    const toLoopback = new zmq.Push({ linger: 0 });
+    try {
+      toProxy.connect(bf.proxies[0]!.frontendAddress);
+      toLoopback.connect(bf.client.loopbackAddress);
+      await toProxy.send(Buffer.from('definitely not a record'));
+      await toLoopback.send(Buffer.from([1, 2, 3]));
+      // A well-formed RESULT for an id nobody is waiting for.
+      const forged = Buffer.alloc(20 + 3);
+      forged[0] = 1;
+      forged[1] = 2;
+      forged.writeUInt32LE(12345, 4);
+      forged.writeUInt32LE(3, 16);
+      forged.writeUInt16LE(200, 20);
+      await toLoopback.send(forged);
+      await waitFor('the proxy to count the garbage', () => bf.proxies[0]!.stats().undecodable === 1);
+      await waitFor('the client to count the garbage', () => bf.client.undecodable === 1 && bf.client.unmatched === 1);
+      expect((await request(bf.port, '/pid')).status).toBe(200);
+    } finally {
+      toProxy.close();
+      toLoopback.close();
+    }
+  });
+});
+
+describe('memory', () => {
+  it('keeps every process flat over 200,000 requests with a tenth cancelled or timed out', async () => {
+    await using bf = await contract({ requestTimeoutMs: 200, maxInFlight: 2000, maxQueue: 2000, stage: { concurrency: 256 } });
+    const rss = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+    const pids = [process.pid, ...bf.workerPids()];
+    const run = (count: number): Promise<{ ok: number; timedOut: number; cancelled: number }> =>
+      new Promise((resolve) => {
+        let sent = 0;
+        let answered = 0;
+        const tally = { ok: 0, timedOut: 0, cancelled: 0 };
+        const finish = (): void => {
+          answered++;
+          if (sent < count) send();
+          else if (answered === count) resolve(tally);
+        };
+        const send = (): void => {
+          const n = sent++;
+          // One in twenty waits past the 200 ms deadline; one in twenty is withdrawn at once.
+          const target = n % 20 === 0 ? '/sleep?ms=1000' : '/pid';
+          const id = bf.client.submit(new RequestData('GET', target, [], Buffer.alloc(0), 'test'), (response, error) => {
+            if (response?.status === 200) tally.ok++;
+            else if (error?.code === 'BF_ERR_DEADLINE') tally.timedOut++;
+            finish();
+          });
+          if (n % 20 === 10) {
+            bf.client.cancel(id);
+            tally.cancelled++;
+            finish();
+          }
+        };
+        for (let i = 0; i < 1000; i++) send();
+      });
+    await run(50_000);
+    const warm = pids.map(rss);
+    const tally = await run(200_000);
+    const after = pids.map(rss);
+    expect(tally.ok + tally.timedOut + tally.cancelled).toBe(200_000);
+    expect(tally.timedOut).toBeGreaterThanOrEqual(9000);
+    expect(tally.cancelled).toBe(10_000);
+    pids.forEach((pid, i) => {
+      expect(after[i]! - warm[i]!, `RSS growth of pid ${pid} in MiB`).toBeLessThan(40);
+    });
+    expect(bf.client.inFlight).toBe(0);
+  }, 120_000);
+});
