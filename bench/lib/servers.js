@@ -92,19 +92,22 @@ export async function commandsFor(server, { host, port, workload, workers, runDi
   if (!server.split) {
     return [[DAEMON, ...front, ...pipelineArgs, ...(workers === undefined ? [] : ['--workers', String(workers)])]];
   }
-  // Split layout on one host: the stage proxies in one process, each worker in its own
-  // process, then the HTTP server; they meet on ipc sockets in a private directory,
-  // named as the embedded daemon names them (stage-<i>-in, stage-<i>-workers, loopback).
-  const ipc = ['--ipc-dir', runDir];
+  // Split layout on one host: one `butterflyd proxy` per stage, each worker in a process
+  // of its own, then `butterflyd server`; they meet on ipc sockets in the run directory.
   const stages = await stagesOf(pipeline, workers ?? os.availableParallelism());
+  const ipc = (name) => `ipc://${path.join(runDir, name)}`;
+  const loopback = ['--loopback', ipc('loopback')];
   return [
-    [DAEMON, 'proxy', ...ipc, ...pipelineArgs],
+    ...stages.map((_, i) => [
+      DAEMON, 'proxy', '--stage-index', String(i), '--frontend', ipc(`stage-${i}-in`), '--backend', ipc(`stage-${i}-workers`),
+      ...(i + 1 < stages.length ? ['--next', ipc(`stage-${i + 1}-in`)] : []), ...loopback,
+    ]),
     ...stages.flatMap((stage, i) =>
       Array.from({ length: stage.workers }, () => [
-        DAEMON, 'worker', '--stage', stage.file, '--connect', `ipc://${path.join(runDir, `stage-${i}-workers`)}`,
+        DAEMON, 'worker', '--stage', stage.file, '--connect', ipc(`stage-${i}-workers`),
         ...(stage.concurrency === undefined ? [] : ['--concurrency', String(stage.concurrency)]),
       ]),
     ),
-    [DAEMON, 'server', ...front, ...ipc, ...pipelineArgs],
+    [DAEMON, 'server', ...front, ...loopback, '--stages', stages.map((_, i) => ipc(`stage-${i}-in`)).join(',')],
   ];
 }

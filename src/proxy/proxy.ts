@@ -17,6 +17,7 @@ import {
   type WireRecord,
 } from '../wire/index.js';
 import { Fifo } from './fifo.js';
+import { LatencyHistogram, type HistogramSnapshot } from '../metrics/index.js';
 
 /** Options of one stage's load balancer. */
 export interface ProxyOptions {
@@ -42,6 +43,13 @@ export interface ProxyOptions {
   idempotent: boolean;
   /** Largest ZeroMQ message accepted, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
+  /**
+   * Time past a held job's deadline after which a silent worker counts as stuck, in ms.
+   * Default 1000.
+   */
+  graceMs: number;
+  /** Told the label of a worker found stuck (silent while holding a job past its deadline plus grace), so its supervisor can kill it. */
+  onStuck: ((label: string) => void) | undefined;
   logger: Logger;
 }
 
@@ -52,6 +60,8 @@ export const PROXY_DEFAULTS = Object.freeze({
   liveness: 3,
   idempotent: false,
   maxMessageBytes: 64 * 1024 * 1024,
+  graceMs: 1000,
+  onStuck: undefined,
   logger: silentLogger,
 });
 
@@ -63,12 +73,19 @@ interface Job {
   readonly deadline: number;
   readonly payload: Buffer;
   cancelled: boolean;
+  /** `performance.now()` when last sent to a worker, for the stage-time histogram. */
+  dispatchedAt: number;
 }
 
 interface WorkerEntry {
   readonly key: string;
   readonly identity: Buffer;
+  readonly label: string;
   readonly capacity: number;
+  /** Free slots taken out of the ready list while the worker was silent; given back when it speaks. */
+  parked: number;
+  /** It heartbeats from a thread of its own: silence means gone even while it runs a long job. */
+  readonly pulse: boolean;
   readonly jobs: Map<number, Job>;
   lastSeen: number;
   alive: boolean;
@@ -85,6 +102,10 @@ export interface ProxyStats {
   readonly accepted: number;
   readonly refused: number;
   readonly undecodable: number;
+  /** Live workers with at least one free slot. */
+  readonly workersReady: number;
+  /** Time from sending a job to a worker to its DONE, in ms, since start. */
+  readonly stageTime: HistogramSnapshot;
 }
 
 /**
@@ -93,7 +114,9 @@ export interface ProxyStats {
  * that has waited longest. Jobs wait in a queue of at most `maxQueue`; a job that finds
  * the queue full, or no live worker, is refused at once with 503 through the loopback.
  * A worker silent for `liveness` heartbeats is dropped and the jobs it held are answered
- * 502 (or re-sent once, for an idempotent stage).
+ * 502 (or re-sent once, for an idempotent stage); while it holds jobs, silence is taken
+ * for a long job until one of them is past its deadline plus `graceMs`, and then the
+ * worker is reported stuck (`onStuck`) so that its supervisor can kill it.
  */
 export class Proxy {
   /** Lifecycle state. */
@@ -106,6 +129,7 @@ export class Proxy {
   private readonly toWorkers: RouterOutbox;
   private readonly toLoopback: Outbox;
   private readonly workers = new Map<string, WorkerEntry>();
+  private readonly byLabel = new Map<string, WorkerEntry>();
   private readonly slots = new Fifo<WorkerEntry>();
   private readonly queue = new Fifo<Job>();
   private readonly queuedById = new Map<number, Job>();
@@ -115,6 +139,7 @@ export class Proxy {
   private accepted = 0;
   private refused = 0;
   private undecodable = 0;
+  private readonly stageTime = new LatencyHistogram();
 
   constructor(options: Partial<ProxyOptions> & Pick<ProxyOptions, Required>) {
     const o = withDefaults<ProxyOptions>(PROXY_DEFAULTS as ProxyOptions, options);
@@ -128,6 +153,7 @@ export class Proxy {
     integerIn('heartbeatMs', o.heartbeatMs, 10);
     integerIn('liveness', o.liveness, 1);
     integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
+    integerIn('graceMs', o.graceMs, 0);
     this.options = o;
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
@@ -155,10 +181,25 @@ export class Proxy {
     this.logger.info({ stage: name, frontend: o.frontend, backend: o.backend }, 'proxy started');
   }
 
+  /** Where jobs for this stage arrive. */
+  get frontendAddress(): string {
+    return this.options.frontend;
+  }
+
+  /** Where this stage's workers connect. */
+  get backendAddress(): string {
+    return this.options.backend;
+  }
+
   /** Counts for metrics and readiness. */
   stats(): ProxyStats {
     let workers = 0;
-    for (const w of this.workers.values()) if (w.alive && !w.leaving) workers++;
+    let workersReady = 0;
+    for (const w of this.workers.values()) {
+      if (!w.alive || w.leaving) continue;
+      workers++;
+      if (w.jobs.size < w.capacity) workersReady++;
+    }
     return {
       queued: this.queuedById.size,
       inFlight: this.assigned.size,
@@ -167,6 +208,8 @@ export class Proxy {
       accepted: this.accepted,
       refused: this.refused,
       undecodable: this.undecodable,
+      workersReady,
+      stageTime: this.stageTime.snapshot(),
     };
   }
 
@@ -203,7 +246,7 @@ export class Proxy {
 
   private accept(r: WireRecord): void {
     this.accepted++;
-    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, cancelled: false };
+    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, cancelled: false, dispatchedAt: 0 };
     if (this.dispatch(job)) return;
     if (this.liveWorkers() === 0) {
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
@@ -215,13 +258,23 @@ export class Proxy {
     }
   }
 
-  /** Sends a job to the least recently used free worker; false when none is free. */
+  /**
+   * Sends a job to the least recently used free worker; false when none is free. A worker
+   * silent for more than one and a half heartbeats gets nothing new: its slot is parked
+   * until it is heard from, so a stopped worker swallows as few jobs as possible.
+   */
   private dispatch(job: Job): boolean {
+    const silentAfter = Date.now() - this.options.heartbeatMs * 1.5;
     for (;;) {
       const worker = this.slots.shift();
       if (worker === undefined) return false;
       if (!worker.alive || worker.leaving) continue;
+      if (worker.lastSeen < silentAfter) {
+        worker.parked++;
+        continue;
+      }
       worker.jobs.set(job.id, job);
+      job.dispatchedAt = performance.now();
       this.assigned.set(job.id, worker);
       const w = this.toWorkers.writerFor(worker.key, worker.identity);
       w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
@@ -278,12 +331,18 @@ export class Proxy {
         worker = this.join(key, identity, r);
         continue;
       }
+      if (worker === undefined && r.kind === Kind.HEARTBEAT && r.payload.length > 0) {
+        // A worker's pulse thread, on a socket of its own, names its worker.
+        const pulsing = this.byLabel.get(r.payload.toString('utf8'));
+        if (pulsing !== undefined && pulsing.alive) this.heard(pulsing);
+        continue;
+      }
       if (worker === undefined || !worker.alive) {
         // A worker we expired (or never met) is still talking: ask it to join again.
         this.toWorkers.writerFor(key, identity).empty(Kind.BYE, this.options.stage, 0);
         break;
       }
-      worker.lastSeen = Date.now();
+      this.heard(worker);
       if (r.kind === Kind.DONE) this.done(worker, r.id);
       else if (r.kind === Kind.BYE) this.leave(worker);
     }
@@ -292,31 +351,43 @@ export class Proxy {
     this.toLoopback.schedule();
   }
 
+  private heard(worker: WorkerEntry): void {
+    worker.lastSeen = Date.now();
+    if (worker.parked > 0) {
+      for (; worker.parked > 0; worker.parked--) this.slots.push(worker);
+    }
+  }
+
   private join(key: string, identity: Buffer, r: WireRecord): WorkerEntry | undefined {
     let capacity: number;
+    let label: string;
     try {
-      capacity = readHello(r.payload);
+      ({ capacity, label } = readHello(r.payload));
     } catch (err) {
       this.undecodable++;
       this.logger.warn({ err, stage: this.options.name }, 'malformed HELLO dropped');
       return this.workers.get(key);
     }
-    const previous = this.workers.get(key);
+    const previous = this.workers.get(key) ?? (label === '' ? undefined : this.byLabel.get(label));
     if (previous !== undefined) this.expire(previous, 'rejoined');
-    const worker: WorkerEntry = { key, identity, capacity, jobs: new Map(), lastSeen: Date.now(), alive: true, leaving: false };
+    const pulse = (r.flags & Flag.PULSE) !== 0 && label !== '';
+    const worker: WorkerEntry = { key, identity, label, capacity, parked: 0, pulse, jobs: new Map(), lastSeen: Date.now(), alive: true, leaving: false };
     this.workers.set(key, worker);
+    if (label !== '') this.byLabel.set(label, worker);
     const o = this.options;
     const w = this.toWorkers.writerFor(key, identity);
     w.begin(Kind.WELCOME, 0, o.stage, 0, 0);
     writeWelcome(w, { stage: o.stage, next: o.next, loopback: o.loopback, heartbeatMs: o.heartbeatMs, liveness: o.liveness });
     w.end();
     for (let i = 0; i < capacity; i++) this.slots.push(worker);
-    this.logger.info({ stage: o.name, worker: key, capacity }, 'worker joined');
+    this.logger.info({ stage: o.name, worker: label || key, capacity }, 'worker joined');
     return worker;
   }
 
   private done(worker: WorkerEntry, id: number): void {
-    if (!worker.jobs.delete(id)) return;
+    const job = worker.jobs.get(id);
+    if (job === undefined || !worker.jobs.delete(id)) return;
+    this.stageTime.observe(performance.now() - job.dispatchedAt);
     this.assigned.delete(id);
     if (worker.leaving) {
       if (worker.jobs.size === 0) this.remove(worker);
@@ -335,7 +406,21 @@ export class Proxy {
   private remove(worker: WorkerEntry): void {
     worker.alive = false;
     this.workers.delete(worker.key);
+    if (this.byLabel.get(worker.label) === worker) this.byLabel.delete(worker.label);
     this.toWorkers.forget(worker.key);
+  }
+
+  /**
+   * Drops the worker with this label at once (its supervisor saw it exit): what it held
+   * is answered 502, or re-sent once for an idempotent stage. Unknown labels are ignored.
+   */
+  workerGone(label: string): void {
+    const worker = this.byLabel.get(label);
+    if (worker === undefined || !worker.alive) return;
+    this.expire(worker, 'exited');
+    this.refuseQueueIfNoWorker();
+    this.toWorkers.schedule();
+    this.toLoopback.schedule();
   }
 
   private onHeartbeat(): void {
@@ -343,11 +428,13 @@ export class Proxy {
     const now = Date.now();
     const limit = o.heartbeatMs * o.liveness;
     for (const worker of this.workers.values()) {
-      if (now - worker.lastSeen > limit) {
-        this.expire(worker, 'silent');
-      } else {
+      const verdict = this.check(worker, now, now - worker.lastSeen > limit);
+      if (verdict === 'alive') {
         this.toWorkers.writerFor(worker.key, worker.identity).empty(Kind.HEARTBEAT, o.stage, 0);
+        continue;
       }
+      this.expire(worker, verdict);
+      if (verdict === 'stuck' && worker.label !== '') o.onStuck?.(worker.label);
     }
     this.refuseQueueIfNoWorker();
     this.toWorkers.schedule();
@@ -357,7 +444,7 @@ export class Proxy {
   /** Drops a worker; answers 502 for what it held, or re-queues it once for an idempotent stage. */
   private expire(worker: WorkerEntry, why: string): void {
     this.remove(worker);
-    this.logger.warn({ stage: this.options.name, worker: worker.key, holding: worker.jobs.size, why }, 'worker expired');
+    this.logger.warn({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, why }, 'worker expired');
     for (const job of worker.jobs.values()) {
       this.assigned.delete(job.id);
       if (this.options.idempotent && (job.flags & Flag.RETRIED) === 0) {
@@ -371,6 +458,30 @@ export class Proxy {
       }
     }
     worker.jobs.clear();
+  }
+
+  /**
+   * Whether a worker lives. A worker with a pulse heartbeats even while a handler blocks
+   * its event loop, and its own sweep gives up on handlers that ignore their deadline:
+   * silence means it is gone, and a job held well past its deadline plus grace means its
+   * event loop is blocked (stuck). Without a pulse, a worker running a long job cannot
+   * heartbeat: silence while it holds jobs is expected until one is past deadline plus grace.
+   */
+  private check(worker: WorkerEntry, now: number, silent: boolean): 'alive' | 'silent' | 'stuck' {
+    if (worker.pulse) {
+      if (silent) return 'silent';
+      return this.pastGrace(worker, now - 2 * this.options.heartbeatMs) ? 'stuck' : 'alive';
+    }
+    if (!silent) return 'alive';
+    if (worker.jobs.size === 0) return 'silent';
+    return this.pastGrace(worker, now) ? 'stuck' : 'alive';
+  }
+
+  private pastGrace(worker: WorkerEntry, now: number): boolean {
+    for (const job of worker.jobs.values()) {
+      if (job.deadline !== 0 && now > job.deadline + this.options.graceMs) return true;
+    }
+    return false;
   }
 
   private refuseQueueIfNoWorker(): void {

@@ -29,8 +29,14 @@ export interface ServerOptions {
   keepAliveTimeoutMs: number;
   /** Time to send the request head, in ms (408; node engine). Default 10000. */
   headersTimeoutMs: number;
-  /** Time to send the whole request, in ms (408; node engine). Default 30000. */
+  /** Time to send the whole request, in ms (408; node engine; uws counts from the end of the head). At least `headersTimeoutMs`. Default 30000. */
   requestReadTimeoutMs: number;
+  /** Most connections open at once; past it new ones are closed unanswered (node engine). Keep it below the process's file-descriptor limit. Default 20000. */
+  maxConnections: number;
+  /** Told of every answer, cancellation and engine refusal, for metrics and access logs. Default none. */
+  observer: RequestObserver | undefined;
+  /** Add a `Server-Timing: pipeline;dur=MS` header to answers from the pipeline. Default false. */
+  serverTiming: boolean;
   logger: Logger;
 }
 
@@ -47,8 +53,34 @@ export const SERVER_DEFAULTS = Object.freeze({
   keepAliveTimeoutMs: 5000,
   headersTimeoutMs: 10_000,
   requestReadTimeoutMs: 30_000,
+  maxConnections: 20_000,
+  observer: undefined,
+  serverTiming: false,
   logger: silentLogger,
 });
+
+/** What an observer sees of a request: no body, nothing to copy. */
+export interface ObservedRequest {
+  readonly method: string;
+  /** The request target as sent: path and query, undecoded. */
+  readonly target: string;
+  readonly remoteAddress: string;
+}
+
+/**
+ * Told of what the front end answers, on the hot path: keep each call cheap (no
+ * allocation, no label strings). `startedAt` is `performance.now()` when the request
+ * arrived. Exactly one of `answered` and `cancelled` is called per request that reached
+ * the front end; `refused` for each one its engine turned away before that.
+ */
+export interface RequestObserver {
+  /** The request was answered with `status`; `code` is the error code for an error answer, else undefined. */
+  answered(req: ObservedRequest, status: number, code: string | undefined, startedAt: number): void;
+  /** The client went away before its answer; the request was cancelled. */
+  cancelled(req: ObservedRequest, startedAt: number): void;
+  /** The engine refused a request (malformed, too large, unsupported) with `status` and `code`. */
+  refused(status: number, code: string): void;
+}
 
 const HEALTH_HEADERS: readonly string[] = Object.freeze(['content-type', 'application/json']);
 const HEALTH_BODY = Buffer.from('{"status":"ok"}');
@@ -74,6 +106,7 @@ export class ButterflyServer {
   private readonly client: PipelineClient;
   private readonly logger: Logger;
   private engine: HttpEngine | undefined;
+  private readonly observer: RequestObserver | undefined;
 
   constructor(options: Partial<ServerOptions> & Pick<ServerOptions, 'client'>) {
     const o = withDefaults<ServerOptions>(SERVER_DEFAULTS as ServerOptions, options);
@@ -87,10 +120,13 @@ export class ButterflyServer {
     integerIn('maxBodyBytes', o.maxBodyBytes, 0);
     integerIn('keepAliveTimeoutMs', o.keepAliveTimeoutMs, 1);
     integerIn('headersTimeoutMs', o.headersTimeoutMs, 1);
-    integerIn('requestReadTimeoutMs', o.requestReadTimeoutMs, 1);
+    integerIn('requestReadTimeoutMs', o.requestReadTimeoutMs, o.headersTimeoutMs);
+    integerIn('maxConnections', o.maxConnections, 1);
+    if (typeof o.serverTiming !== 'boolean') throw new TypeError(`serverTiming must be a boolean, got ${String(o.serverTiming)}`);
     this.options = o;
     this.client = o.client;
     this.logger = o.logger;
+    this.observer = o.observer;
   }
 
   /**
@@ -107,12 +143,16 @@ export class ButterflyServer {
       keepAliveTimeoutMs: o.keepAliveTimeoutMs,
       headersTimeoutMs: o.headersTimeoutMs,
       requestReadTimeoutMs: o.requestReadTimeoutMs,
+      maxConnections: o.maxConnections,
     };
     this.engine = await createEngine(
       o.engine,
       limits,
       (req, reply) => this.onRequest(req, reply),
-      () => this.counters.refused++,
+      (status, code) => {
+        this.counters.refused++;
+        this.observer?.refused(status, code);
+      },
     );
     this.port = await this.engine.listen(o.host, o.port);
     this.state = 'running';
@@ -136,22 +176,41 @@ export class ButterflyServer {
     this.counters.requests++;
     const target = req.target;
     const health = this.options.healthPath;
+    const observer = this.observer;
+    const timed = observer !== undefined || this.options.serverTiming;
+    const startedAt = timed ? performance.now() : 0;
     if (target.startsWith(health) && (target.length === health.length || target.charCodeAt(health.length) === 0x3f)) {
       reply.send(200, HEALTH_HEADERS, HEALTH_BODY, false);
+      observer?.answered(req, 200, undefined, startedAt);
       return;
     }
     const data = new RequestData(req.method, target, req.headers, req.body, req.remoteAddress);
-    const id = this.client.submit(data, (response, error) => answer(reply, response, error));
-    if (id !== 0) reply.onAbort(() => this.client.cancel(id));
+    const onAnswer = timed
+      ? (response: ResponseData | null, error: ErrorData | null) => this.answerTimed(req, reply, response, error, startedAt)
+      : (response: ResponseData | null, error: ErrorData | null) => answer(reply, response, error, undefined);
+    const id = this.client.submit(data, onAnswer);
+    if (id !== 0) {
+      reply.onAbort(() => {
+        this.client.cancel(id);
+        observer?.cancelled(req, startedAt);
+      });
+    }
+  }
+
+  private answerTimed(req: EngineRequest, reply: EngineReply, response: ResponseData | null, error: ErrorData | null, startedAt: number): void {
+    const timing = this.options.serverTiming ? `pipeline;dur=${(performance.now() - startedAt).toFixed(3)}` : undefined;
+    answer(reply, response, error, timing);
+    this.observer?.answered(req, response !== null ? response.status : error!.status, response !== null ? undefined : error!.code, startedAt);
   }
 }
 
-function answer(reply: EngineReply, response: ResponseData | null, error: ErrorData | null): void {
+function answer(reply: EngineReply, response: ResponseData | null, error: ErrorData | null, timing: string | undefined): void {
   if (response !== null) {
-    reply.send(response.status, response.headers, response.body, false);
+    const headers = timing === undefined ? response.headers : [...response.headers, 'server-timing', timing];
+    reply.send(response.status, headers, response.body, false);
     return;
   }
   const err = error!;
   const { headers, body } = errorBody(err);
-  reply.send(err.status, headers, body, false);
+  reply.send(err.status, timing === undefined ? headers : [...headers, 'server-timing', timing], body, false);
 }

@@ -16,6 +16,8 @@ export {
   loadPipelineFile,
   importStage,
   isPrimePipeline,
+  resolveModule,
+  BUILTIN_STAGES,
   type PipelineDescription,
   type PipelineStage,
   type WorkerTransport,

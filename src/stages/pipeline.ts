@@ -20,6 +20,8 @@ export interface PipelineStage {
   readonly maxQueue?: number;
   /** Threads or processes (default: the pipeline's `transport`). */
   readonly transport?: WorkerTransport;
+  /** Time budget per job in this stage, in ms (default: the stage's own `timeoutMs`, else none). */
+  readonly timeoutMs?: number;
 }
 
 /** The stages of a pipeline, in order. */
@@ -28,6 +30,7 @@ export interface PipelineDescription {
 }
 
 const TRANSPORTS: readonly WorkerTransport[] = ['thread', 'process'];
+const STAGE_FIELDS: readonly string[] = ['module', 'workers', 'concurrency', 'maxQueue', 'transport', 'timeoutMs'];
 
 /**
  * Checks a pipeline description and resolves relative module paths against `baseDir`.
@@ -45,22 +48,38 @@ export function validatePipeline(description: unknown, baseDir: string): Pipelin
       if (raw === null || typeof raw !== 'object') throw new InvalidOptionError(at, 'an object', raw);
       const s = raw as Record<string, unknown>;
       for (const key of Object.keys(s)) {
-        if (!['module', 'workers', 'concurrency', 'maxQueue', 'transport'].includes(key)) {
-          throw new InvalidOptionError(`${at}.${key}`, 'one of module, workers, concurrency, maxQueue, transport', key);
+        if (!STAGE_FIELDS.includes(key)) {
+          throw new InvalidOptionError(`${at}.${key}`, `one of ${STAGE_FIELDS.join(', ')}`, key);
         }
       }
-      if (typeof s.module !== 'string' || s.module.length === 0) throw new InvalidOptionError(`${at}.module`, 'a module path', s.module);
+      if (typeof s.module !== 'string' || s.module.length === 0) throw new InvalidOptionError(`${at}.module`, 'a module path or a built-in stage name', s.module);
       const out: { -readonly [K in keyof PipelineStage]: PipelineStage[K] } = { module: resolveModule(s.module, baseDir) };
       if (s.workers !== undefined) out.workers = integerIn(`${at}.workers`, s.workers, 1, 256);
       if (s.concurrency !== undefined) out.concurrency = integerIn(`${at}.concurrency`, s.concurrency, 1, 65536);
       if (s.maxQueue !== undefined) out.maxQueue = integerIn(`${at}.maxQueue`, s.maxQueue, 0);
       if (s.transport !== undefined) out.transport = oneOf(`${at}.transport`, s.transport, TRANSPORTS);
+      if (s.timeoutMs !== undefined) out.timeoutMs = integerIn(`${at}.timeoutMs`, s.timeoutMs, 1);
       return out;
     }),
   };
 }
 
-function resolveModule(module: string, baseDir: string): string {
+/**
+ * The built-in stages, by name: a pipeline file's `module` or `butterflyd worker --stage`
+ * may name one of these instead of giving a path.
+ */
+export const BUILTIN_STAGES: Readonly<Record<string, string>> = Object.freeze({
+  'is_prime.parse': new URL('./is-prime/parse.js', import.meta.url).href,
+  'is_prime.check': new URL('./is-prime/check.js', import.meta.url).href,
+});
+
+/**
+ * Where a stage module is: a built-in stage's name, a `file:` URL, a path (relative to
+ * `baseDir`), or a package name left to `import()`. Returns something `importStage` takes.
+ */
+export function resolveModule(module: string, baseDir: string): string {
+  const builtin = BUILTIN_STAGES[module];
+  if (builtin !== undefined) return builtin;
   if (module.startsWith('file:')) return module;
   if (module.startsWith('.') || isAbsolute(module)) return pathToFileURL(resolve(baseDir, module)).href;
   return module; // a package name, resolved by import()
