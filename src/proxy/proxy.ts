@@ -339,7 +339,7 @@ export class Proxy {
       }
       if (worker === undefined || !worker.alive) {
         // A worker we expired (or never met) is still talking: ask it to join again.
-        this.toWorkers.writerFor(key, identity).empty(Kind.BYE, this.options.stage, 0);
+        this.toWorkers.writerForStranger(key, identity).empty(Kind.BYE, this.options.stage, 0);
         break;
       }
       this.heard(worker);

@@ -74,6 +74,7 @@ export class Outbox {
 export class RouterOutbox {
   private readonly peers = new Map<string, { readonly identity: Buffer; readonly writer: RecordWriter }>();
   private readonly dirty = new Set<string>();
+  private readonly strangers = new Set<string>();
   private scheduled = false;
   private sending = false;
   private readonly flushBound = (): void => void this.flush();
@@ -95,9 +96,19 @@ export class RouterOutbox {
     return peer.writer;
   }
 
+  /**
+   * The writer for a peer that is not kept: after its records are sent, the peer is
+   * forgotten (a reply to a stranger must not leave a buffer behind).
+   */
+  writerForStranger(key: string, identity: Buffer): RecordWriter {
+    if (!this.peers.has(key)) this.strangers.add(key);
+    return this.writerFor(key, identity);
+  }
+
   /** Forgets a peer and anything still unsent to it. */
   forget(key: string): void {
     this.peers.delete(key);
+    this.strangers.delete(key);
     this.dirty.delete(key);
   }
 
@@ -119,6 +130,7 @@ export class RouterOutbox {
           if (peer === undefined || peer.writer.length === 0) continue;
           const records = peer.writer.records;
           const frame = peer.writer.take();
+          if (this.strangers.delete(key)) this.peers.delete(key);
           try {
             await this.socket.send([peer.identity, frame]);
           } catch (err) {
