@@ -17,6 +17,8 @@ import {
   writeHello,
   writeResponse,
   writeValue,
+  type KindValue,
+  type RecordWriter,
   type Value,
   type WelcomeConfig,
   type WireRecord,
@@ -384,21 +386,11 @@ export class StageWorker {
         this.fail(job, new ButterflyError('BF_ERR_NO_NEXT_STAGE', `stage ${this.stage.name} is the last stage and cannot pass a job on`));
         return;
       }
-      const w = toNext.writer;
-      w.begin(Kind.JOB, job.flags, job.stage + 1, job.id, job.requestDeadline);
-      try {
-        const payload = outcome.payload;
-        writeValue(w, (payload instanceof HttpRequest ? payload.data : payload) as Value);
-      } catch (err) {
-        w.abort();
-        this.fail(job, err);
-        return;
-      }
-      w.end();
-      this.done(job);
+      const payload = outcome.payload;
+      const value = (payload instanceof HttpRequest ? payload.data : payload) as Value;
+      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value))) this.done(job);
       return;
     }
-    const toLoopback = this.toLoopback!;
     let reply: Reply;
     try {
       reply = outcome instanceof Reply ? outcome : makeReply(outcome as ReplyBody);
@@ -406,17 +398,25 @@ export class StageWorker {
       this.fail(job, err);
       return;
     }
-    const w = toLoopback.writer;
-    w.begin(Kind.RESULT, 0, job.stage, job.id, job.requestDeadline);
+    if (this.emit(this.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply))) this.done(job);
+  }
+
+  /**
+   * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
+   * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
+   */
+  private emit(outbox: Outbox, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void): boolean {
+    const w = outbox.writer;
+    w.begin(kind, kind === Kind.JOB ? job.flags : 0, stage, job.id, job.requestDeadline);
     try {
-      writeResponse(w, reply);
+      write(w);
     } catch (err) {
       w.abort();
       this.fail(job, err);
-      return;
+      return false;
     }
     w.end();
-    this.done(job);
+    return true;
   }
 
   private fail(job: Job, err: unknown): void {
