@@ -6,6 +6,7 @@ import {
   RequestData,
   WireError,
   decodeRecords,
+  splitFrame,
   readError,
   readResponse,
   readValue,
@@ -147,5 +148,22 @@ describe('wire records', () => {
     const records = decodeRecords(w.take());
     expect(records).toHaveLength(1);
     expect(records[0]!.kind).toBe(Kind.DONE);
+  });
+
+  it('cuts a batch at record boundaries into messages no larger than the limit', () => {
+    const w = new RecordWriter();
+    for (let i = 0; i < 10; i++) {
+      w.begin(Kind.JOB, 0, 0, i, 0);
+      writeValue(w, 'x'.repeat(100));
+      w.end();
+    }
+    const frame = w.take();
+    const perRecord = frame.length / 10;
+    const pieces = splitFrame(frame, perRecord * 3 + 5);
+    expect(pieces.map((p) => p.length)).toEqual([3, 3, 3, 1].map((n) => n * perRecord));
+    expect(pieces.flatMap((p) => decodeRecords(p).map((r) => r.id))).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(splitFrame(frame, frame.length)).toEqual([frame]);
+    // A record larger than the limit travels alone.
+    expect(splitFrame(frame, 10).map((p) => p.length)).toEqual(new Array(10).fill(perRecord));
   });
 });

@@ -107,6 +107,28 @@ export function decodeRecords(frame: Buffer): WireRecord[] {
 }
 
 /**
+ * Cuts a batch written by `RecordWriter` into pieces of at most `maxBytes`, at record
+ * boundaries, so that no message exceeds what the receiving socket accepts. A single
+ * record larger than `maxBytes` becomes a piece of its own (the receiver will refuse it).
+ */
+export function splitFrame(frame: Buffer, maxBytes: number): Buffer[] {
+  if (frame.length <= maxBytes) return [frame];
+  const pieces: Buffer[] = [];
+  let start = 0;
+  let offset = 0;
+  while (offset + HEADER_BYTES <= frame.length) {
+    const end = offset + HEADER_BYTES + frame.readUInt32LE(offset + 16);
+    if (end - start > maxBytes && offset > start) {
+      pieces.push(frame.subarray(start, offset));
+      start = offset;
+    }
+    offset = end;
+  }
+  if (start < frame.length) pieces.push(frame.subarray(start));
+  return pieces;
+}
+
+/**
  * Builds one batch of records in a growing buffer. `take()` hands the bytes over and
  * starts a fresh buffer, so a batch that is being sent is never written again.
  */

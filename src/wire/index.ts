@@ -10,6 +10,7 @@ export {
   WireError,
   RecordWriter,
   decodeRecords,
+  splitFrame,
   type KindValue,
   type WireRecord,
 } from './format.js';

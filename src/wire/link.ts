@@ -1,5 +1,5 @@
 import * as zmq from 'zeromq';
-import { RecordWriter } from './format.js';
+import { RecordWriter, splitFrame } from './format.js';
 
 /** Logs what the socket helpers cannot hand to a caller (a pino logger fits). */
 export interface LinkLogger {
@@ -16,6 +16,12 @@ export interface LinkOptions {
 export function configureSocket(socket: zmq.Socket, options: LinkOptions): void {
   socket.linger = 0;
   socket.maxMessageSize = options.maxMessageBytes;
+}
+
+/** The largest message the peers accept: every butterfly socket is given the same limit. */
+function maxMessage(socket: zmq.Socket): number {
+  const max = socket.maxMessageSize;
+  return max > 0 ? max : Number.MAX_SAFE_INTEGER;
 }
 
 /**
@@ -57,7 +63,7 @@ export class Outbox {
       const frame = this.writer.take();
       this.sending = true;
       try {
-        await this.socket.send(frame);
+        for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send(piece);
       } catch (err) {
         if (!this.socket.closed) this.logger.warn({ err, socket: this.name, records }, 'send failed; records dropped');
       } finally {
@@ -132,7 +138,7 @@ export class RouterOutbox {
           const frame = peer.writer.take();
           if (this.strangers.delete(key)) this.peers.delete(key);
           try {
-            await this.socket.send([peer.identity, frame]);
+            for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send([peer.identity, piece]);
           } catch (err) {
             if (!this.socket.closed) this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');
           }
