@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { freePort, HOST, waitReady } from './lib/http.js';
 import { runIdeal } from './lib/ideal.js';
 import { findWrk, runAutocannon, runWrk, wrkVersion } from './lib/load.js';
-import { killTreeNow, stopTree, TreeSampler } from './lib/proc.js';
+import { killTreeNow, processTree, readMemory, stopTree, TreeSampler } from './lib/proc.js';
 import * as fmt from './lib/report.js';
 import { commandsFor, probeButterfly, ROOT, SERVERS } from './lib/servers.js';
 
@@ -23,13 +23,17 @@ const HEAVY_CANDIDATE = 32416190071;
 const HEAVY_PATH = `/is_prime?possible_prime=${HEAVY_CANDIDATE}`;
 const LARGE_BODY_BYTES = 1024 * 1024;
 const REQUEST_TIMEOUT_S = 10;
+const MEMORY_REQUESTS = 1_000_000;
+const MEMORY_SEGMENT_S = 5;
+const MEMORY_MAX_SEGMENTS = 40;
 const ALL_SERVERS = SERVERS.map((s) => s.name);
 const POOLED_SERVERS = ['cluster-inline', 'piscina-pool', 'butterfly-node', 'butterfly-uws', 'butterfly-split'];
 
 /**
  * @typedef {object} Workload
  * @property {string} title
- * @property {'fixed' | 'uneven'} kind  fixed: one request repeated (wrk); uneven: the Node load generator
+ * @property {'fixed' | 'uneven' | 'memory'} kind  fixed: one request repeated (wrk); uneven: the Node load generator;
+ *   memory: fixed, in segments until MEMORY_REQUESTS answers, sampling RSS after each
  * @property {string[]} servers
  * @property {{ connections: number, workers?: number }[]} variants
  * @property {{ method?: 'GET' | 'POST', path: string, bodyBytes?: number }} request
@@ -64,6 +68,13 @@ const WORKLOADS = {
     servers: POOLED_SERVERS,
     variants: [{ connections: 16 }],
     request: { method: 'POST', path: '/echo', bodyBytes: LARGE_BODY_BYTES },
+  },
+  memory: {
+    title: 'memory: GET /is_prime?possible_prime=7 until 1,000,000 answers, RSS of every process after each segment',
+    kind: 'memory',
+    servers: ['butterfly-node'],
+    variants: [{ connections: 64 }],
+    request: { path: '/is_prime?possible_prime=7' },
   },
   scaling: {
     title: 'scaling: heavy at 1..4 workers per stage',
@@ -279,6 +290,50 @@ function unevenLoad(port, connections, sampler) {
   });
 }
 
+/** Total RSS of a process tree, MiB. */
+function treeRssMiB(roots) {
+  let kib = 0;
+  for (const pid of processTree(roots).keys()) kib += readMemory(pid)?.rssKiB ?? 0;
+  return kib / 1024;
+}
+
+/**
+ * Drives the server in segments until MEMORY_REQUESTS answers (or MEMORY_MAX_SEGMENTS),
+ * recording the tree's RSS after each: a leak shows as a climb, a working set as a plateau.
+ * The first segment is the warm-up; growth is measured from the end of it.
+ */
+async function memoryLoad(port, workload, connections, roots) {
+  const samples = [];
+  let requests = 0;
+  let non2xx = 0;
+  let errorsTotal = 0;
+  let durationS = 0;
+  for (let segment = 0; segment < MEMORY_MAX_SEGMENTS && requests < MEMORY_REQUESTS; segment++) {
+    const load = await fixedLoad(port, workload, connections, MEMORY_SEGMENT_S);
+    requests += load.requests;
+    non2xx += load.non2xx;
+    errorsTotal += load.errorsTotal;
+    durationS += load.durationS;
+    samples.push({ requests, rssMiB: treeRssMiB(roots) });
+  }
+  const first = samples[0]?.rssMiB ?? 0;
+  const last = samples.at(-1)?.rssMiB ?? 0;
+  return { requests, non2xx, errorsTotal, durationS, samples, growth: first > 0 ? (last - first) / first : NaN, latencyMs: { p50: NaN, p99: NaN, p999: NaN } };
+}
+
+function memoryTable(results) {
+  const rows = [];
+  for (const r of results) {
+    if (r.status !== 'ok') {
+      rows.push({ first: r.server, note: r.reason });
+      continue;
+    }
+    for (const s of r.load.samples) rows.push([r.server, fmt.count(s.requests), `${s.rssMiB.toFixed(1)} MiB`]);
+    rows.push([r.server, 'growth after warm-up', `${(r.load.growth * 100).toFixed(1)}%`]);
+  }
+  return fmt.table(['server', 'answers so far', 'RSS of all its processes'], rows);
+}
+
 // ---------------------------------------------------------------------------------
 // One case: one server, one workload variant
 
@@ -312,7 +367,8 @@ async function runCase(server, workloadName, variant) {
   if (server.split && !butterfly.split) return { ...base, status: 'unavailable', reason: butterfly.splitReason };
 
   const isUneven = workload.kind === 'uneven';
-  const expectedS = (isUneven ? timing.unevenWarmupS + timing.unevenDurationS : timing.warmupS + timing.durationS) + 3;
+  const expectedS =
+    (isUneven ? timing.unevenWarmupS + timing.unevenDurationS : workload.kind === 'memory' ? MEMORY_SEGMENT_S * 12 : timing.warmupS + timing.durationS) + 3;
   if ((Date.now() - startedAt) / 1000 + expectedS > timing.budgetS) {
     return { ...base, status: 'skipped', reason: `skipped: would end past the ${timing.budgetS} s budget of --quick` };
   }
@@ -355,6 +411,8 @@ async function runCase(server, workloadName, variant) {
     await waitReady(port, probeRequest, { deadlineMs: timing.readyMs, exited: () => death });
     if (isUneven) {
       load = await unevenLoad(port, variant.connections, sampler);
+    } else if (workload.kind === 'memory') {
+      load = await memoryLoad(port, workload, variant.connections, roots);
     } else {
       await fixedLoad(port, workload, variant.connections, timing.warmupS);
       sampler.beginWindow();
@@ -391,6 +449,9 @@ function progress(result) {
   const label = `${result.workload}${result.workers === null ? '' : ` w${result.workers}`} c${result.connections} ${result.server}`;
   if (result.status !== 'ok') return `  ${label}: ${result.reason}`;
   const load = result.load;
+  if (result.workload === 'memory') {
+    return `  ${label}: ${fmt.count(load.requests)} answers, RSS ${load.samples[0].rssMiB.toFixed(1)} -> ${load.samples.at(-1).rssMiB.toFixed(1)} MiB`;
+  }
   const p99 = result.workload === 'uneven' ? `instant p99 ${fmt.latency(load.instant.p99)}` : `p99 ${fmt.latency(load.latencyMs.p99)}`;
   return `  ${label}: ${fmt.rate(goodRps(load))} req/s, ${p99}, CPU ${fmt.cpu(result.resources.cpuSeconds)}`;
 }
@@ -486,7 +547,19 @@ function targets(results, ideal) {
     { workload: 'uneven', label: 'uneven instant p99: butterfly-uws / cluster-inline', a: ['uneven', 'butterfly-uws'], b: ['uneven', 'cluster-inline'], measure: instantP99, ceiling: 0.2 },
   ];
 
-  return specs.map((spec) => {
+  const memory = pick('memory', 'butterfly-node');
+  const memoryEntry = { workload: 'memory', label: 'memory: RSS growth over 1,000,000 answers (after warm-up)', bound: '<= 0.1', floor: null, ceiling: 0.1 };
+  const memoryTarget =
+    memory === undefined || memory.status !== 'ok'
+      ? { ...memoryEntry, value: null, verdict: 'n/a', note: memory === undefined ? 'butterfly-node: not run' : memory.reason }
+      : {
+          ...memoryEntry,
+          value: memory.load.growth,
+          verdict: memory.load.growth <= 0.1 && memory.load.requests >= MEMORY_REQUESTS && errorShare(memory) <= 0.01 ? 'PASS' : 'FAIL',
+          note: memory.load.requests < MEMORY_REQUESTS ? `only ${memory.load.requests} answers` : '',
+        };
+
+  return [...specs.map((spec) => {
     const bound = spec.floor !== undefined ? `>= ${spec.floor}` : `<= ${spec.ceiling}`;
     const entry = { workload: spec.workload, label: spec.label, bound, floor: spec.floor ?? null, ceiling: spec.ceiling ?? null, value: null, verdict: 'n/a', note: '' };
     const a = pick(...spec.a);
@@ -507,7 +580,7 @@ function targets(results, ideal) {
       verdict: pass && errors.length === 0 ? 'PASS' : 'FAIL',
       note: errors.length === 0 ? '' : `more than 1% errors or non-2xx: ${errors.join(', ')}`,
     };
-  });
+  }), memoryTarget];
 }
 
 function targetsTable(rows) {
@@ -606,6 +679,7 @@ async function main() {
     console.log('');
     if (workloadName === 'uneven') console.log(unevenTable(workloadResults));
     else if (workloadName === 'scaling') console.log(scalingTable(workloadResults));
+    else if (workloadName === 'memory') console.log(memoryTable(workloadResults));
     else console.log(fixedTable(workloadResults, workloadName === 'heavy' ? ideal : undefined));
     const processes = processLines(workloadResults);
     if (processes) console.log(`\n${processes}`);

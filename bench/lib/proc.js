@@ -51,7 +51,7 @@ export function readStat(pid) {
  * @param {number} pid
  * @returns {{ rssKiB: number, hwmKiB: number } | undefined}
  */
-function readMemory(pid) {
+export function readMemory(pid) {
   let text;
   try {
     text = readFileSync(`/proc/${pid}/status`, 'latin1');
