@@ -296,7 +296,6 @@ describe('drain', () => {
       const marks = Array.from({ length: 5 }, () => markFile());
       const inFlight = marks.map((m) => request(d.port, `/sleep?ms=700&mark=${m}`));
       for (const m of marks) await startedPid(m);
-      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
       d.child.kill('SIGTERM');
       let refused = false;
       for (let i = 0; i < 25 && !refused; i++) {
@@ -306,7 +305,7 @@ describe('drain', () => {
       expect(refused).toBe(true);
       const results = await Promise.all(inFlight);
       expect(results.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
-      expect(await exited).toBe(0);
+      expect(await d.exited).toBe(0);
     } finally {
       await d.stop();
     }
@@ -318,13 +317,12 @@ describe('drain', () => {
       const mark = markFile();
       const pending = request(d.port, `/sleep?ms=10000&mark=${mark}`);
       await startedPid(mark);
-      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
       d.child.kill('SIGTERM');
       const [res, ms] = await timed(pending);
       expect(res.status).toBe(503);
       expect(JSON.parse(res.body).error.code).toBe('BF_ERR_DRAINING');
       expect(ms).toBeLessThan(2000);
-      expect(await exited).toBe(0);
+      expect(await d.exited).toBe(0);
     } finally {
       await d.stop();
     }
@@ -336,10 +334,9 @@ describe('drain', () => {
       const mark = markFile();
       const pending = request(d.port, `/sleep?ms=15000&mark=${mark}`).catch(() => undefined);
       await startedPid(mark);
-      const exited = new Promise<number | null>((r) => d.child.once('exit', (code) => r(code)));
       d.child.kill('SIGTERM');
       await waitFor('the daemon to start draining', () => d.output().includes('"msg":"draining"'));
-      const [code, ms] = await timed(Promise.all([(d.child.kill('SIGTERM'), exited)]));
+      const [code, ms] = await timed(Promise.all([(d.child.kill('SIGTERM'), d.exited)]));
       expect(code[0]).not.toBe(0);
       expect(ms).toBeLessThan(1000);
       await pending;

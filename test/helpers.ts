@@ -99,6 +99,8 @@ export function run(command: string, args: string[], options: { timeoutMs?: numb
 export interface Daemon {
   readonly child: ChildProcess;
   readonly port: number;
+  /** Resolves with the exit code once the daemon has exited. */
+  readonly exited: Promise<number | null>;
   output(): string;
   stop(): Promise<number | null>;
 }
@@ -117,6 +119,7 @@ export function daemon(args: string[], env: NodeJS.ProcessEnv = process.env): Pr
         resolve({
           child,
           port: Number(m[1]),
+          exited,
           output: () => out,
           stop: async () => {
             if (child.exitCode === null) child.kill('SIGTERM');
