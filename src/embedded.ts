@@ -153,8 +153,18 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
   const address = (name: string): string => `ipc://${join(dir, name)}`;
   const frontends = pipeline.stages.map((_, i) => address(`stage-${i}-in`));
   const loopback = address('loopback');
-  const client = new PipelineClient({ loopback, stages: frontends, maxInFlight: o.maxInFlight, requestTimeoutMs: o.requestTimeoutMs, maxMessageBytes, logger });
   const proxies: Proxy[] = [];
+  // Within this process the client, the proxies and thread workers hand records to each
+  // other directly; the sockets are there for worker processes.
+  const client = new PipelineClient({
+    loopback,
+    stages: frontends,
+    localStages: frontends.map((_, i) => (records) => proxies[i]?.acceptRecords(records)),
+    maxInFlight: o.maxInFlight,
+    requestTimeoutMs: o.requestTimeoutMs,
+    maxMessageBytes,
+    logger,
+  });
   const pools: WorkerPool[] = [];
   const names: string[] = [];
   let server: ButterflyServer | undefined;
@@ -207,6 +217,8 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
         maxMessageBytes,
         // A worker found stuck past a deadline is killed by its pool, which starts another.
         onStuck: (label) => pools[i]?.kill(label),
+        localLoopback: (records) => client.acceptAnswers(records),
+        localNext: (records) => proxies[i + 1]?.acceptRecords(records),
         logger,
       });
       proxies.push(proxy);
@@ -219,6 +231,8 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
           workers: desc.workers ?? o.workers,
           transport: desc.transport ?? o.transport,
           concurrency: desc.concurrency,
+          prefetch: desc.prefetch,
+          attach: () => proxy.attachPort(),
           maxMessageBytes,
           timeoutMs: desc.timeoutMs,
           // The proxy hears of a worker's exit at once, not a liveness window later.

@@ -2,6 +2,13 @@ import { describe, expect, it } from 'vitest';
 import {
   HEADER_BYTES,
   Kind,
+  MAX_ID_PREFIX,
+  MAX_WORKER_SLOTS,
+  WIRE_VERSION,
+  readHello,
+  readReturned,
+  writeHello,
+  writeReturned,
   RecordWriter,
   RequestData,
   WireError,
@@ -52,6 +59,44 @@ describe('wire records', () => {
     expect(res.headers).toEqual(['content-type', 'text/plain', 'x-a', 'b']);
     expect(res.body.toString()).toBe('made');
     expect(readError(records[3]!.payload)).toEqual({ code: 'BF_ERR_DEADLINE', status: 504, message: 'late ✓' });
+  });
+
+  it('carries 64-bit request ids up to the largest safe integer, and rejects ids beyond it', () => {
+    const w = new RecordWriter();
+    const ids = [1, 0xffffffff, 0x100000000, MAX_ID_PREFIX * 0x100000000 + 0xffffffff, Number.MAX_SAFE_INTEGER];
+    for (const id of ids) w.empty(Kind.CANCEL, 0, id);
+    const frame = w.take();
+    expect(decodeRecords(frame).map((r) => r.id)).toEqual(ids);
+    const tooLarge = Buffer.from(frame.subarray(0, HEADER_BYTES));
+    tooLarge.writeUInt32LE(MAX_ID_PREFIX + 1, 8);
+    expect(() => decodeRecords(tooLarge)).toThrow(WireError);
+  });
+
+  it('round-trips HELLO and refuses a worker asking for more slots than a proxy gives', () => {
+    const hello = (concurrency: number, window: number, held: number): Buffer => {
+      const w = new RecordWriter();
+      w.begin(Kind.HELLO, 0, 0, 0, 0);
+      writeHello(w, { concurrency, window, held, label: 'w#1.2' });
+      w.end();
+      return decodeRecords(w.take())[0]!.payload;
+    };
+    expect(readHello(hello(2, 1, 3))).toEqual({ concurrency: 2, window: 1, held: 3, label: 'w#1.2' });
+    expect(() => readHello(hello(0xffffffff, 1, 0))).toThrow(/concurrency must be 1 to 4096/);
+    expect(() => readHello(hello(0, 1, 0))).toThrow(WireError);
+    expect(() => readHello(hello(1, MAX_WORKER_SLOTS + 1, 0))).toThrow(/window/);
+    expect(() => readHello(hello(1, 0, 0xffffffff))).toThrow(/held/);
+    expect(() => readHello(Buffer.alloc(7))).toThrow(WireError);
+  });
+
+  it('round-trips the ids a leaving worker returns, and rejects a list cut mid-id', () => {
+    const w = new RecordWriter();
+    w.begin(Kind.BYE, 0, 0, 0, 0);
+    writeReturned(w, [5, 0x1234500000001]);
+    w.end();
+    const payload = decodeRecords(w.take())[0]!.payload;
+    expect(readReturned(payload)).toEqual([5, 0x1234500000001]);
+    expect(readReturned(Buffer.alloc(0))).toEqual([]);
+    expect(() => readReturned(payload.subarray(0, 12))).toThrow(WireError);
   });
 
   it('round-trips every kind of value', () => {
@@ -128,13 +173,13 @@ describe('wire records', () => {
     const good = w.take();
     expect(decodeRecords(good)).toHaveLength(1);
     const badVersion = Buffer.from(good);
-    badVersion[0] = 2;
+    badVersion[0] = WIRE_VERSION + 1;
     expect(() => decodeRecords(badVersion)).toThrow(/version/);
     const badKind = Buffer.from(good);
     badKind[1] = 200;
     expect(() => decodeRecords(badKind)).toThrow(/kind/);
     const badLength = Buffer.from(good);
-    badLength.writeUInt32LE(1, 16);
+    badLength.writeUInt32LE(1, 20);
     expect(() => decodeRecords(badLength)).toThrow(/runs past/);
     expect(good.length).toBe(HEADER_BYTES);
   });

@@ -119,7 +119,7 @@ export const SETTINGS: readonly SettingDef[] = Object.freeze([
   { key: 'idempotent', kind: 'boolean', commands: ['proxy'] },
   { key: 'stage', kind: 'file', commands: ['worker'] },
   { key: 'connect', kind: 'endpoint', commands: ['worker'] },
-  { key: 'concurrency', kind: 'integer', commands: ['worker'], min: 1, max: 65536 },
+  { key: 'concurrency', kind: 'integer', commands: ['worker'], min: 1, max: 4096 },
 ] as const satisfies readonly SettingDef[]);
 
 /** `maxMessageBytes` → `max-message-bytes`. */

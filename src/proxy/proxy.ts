@@ -3,20 +3,28 @@ import type { ErrorCode } from '../errors.js';
 import { ERROR_STATUS } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
 import { endpoint, integerIn, nonEmptyString, withDefaults } from '../options.js';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   Flag,
   Kind,
+  LocalOutbox,
   Outbox,
+  PortOutbox,
   RouterOutbox,
   configureSocket,
   decodeRecords,
   readHello,
+  readReturned,
   receiveEach,
+  receivePort,
   writeError,
   writeWelcome,
+  type RecordSink,
+  type RecordWriter,
   type WireRecord,
 } from '../wire/index.js';
 import { Fifo } from './fifo.js';
+import { JobList, type Linked } from './job-list.js';
 import { LatencyHistogram, type HistogramSnapshot } from '../metrics/index.js';
 
 /** Options of one stage's load balancer. */
@@ -50,6 +58,13 @@ export interface ProxyOptions {
   graceMs: number;
   /** Told the label of a worker found stuck (silent while holding a job past its deadline plus grace), so its supervisor can kill it. */
   onStuck: ((label: string) => void) | undefined;
+  /**
+   * In-process delivery of final answers (embedded mode): refusals, and the answers of
+   * workers attached by port, go to this function instead of the `loopback` socket.
+   */
+  localLoopback: ((records: WireRecord[]) => void) | undefined;
+  /** In-process delivery of the next-stage jobs of workers attached by port (embedded mode). */
+  localNext: ((records: WireRecord[]) => void) | undefined;
   logger: Logger;
 }
 
@@ -62,28 +77,45 @@ export const PROXY_DEFAULTS = Object.freeze({
   maxMessageBytes: 64 * 1024 * 1024,
   graceMs: 1000,
   onStuck: undefined,
+  localLoopback: undefined,
+  localNext: undefined,
   logger: silentLogger,
 });
 
 type Required = 'stage' | 'name' | 'frontend' | 'backend' | 'next' | 'loopback';
 
-interface Job {
+interface Job extends Linked<Job> {
   readonly id: number;
   flags: number;
   readonly deadline: number;
   readonly payload: Buffer;
-  cancelled: boolean;
   /** `performance.now()` when last sent to a worker, for the stage-time histogram. */
   dispatchedAt: number;
 }
 
+/** How the proxy writes to one worker: a ZeroMQ peer of its backend, or a worker thread's port. */
+interface WorkerLink {
+  writer(): RecordWriter;
+  schedule(): void;
+  forget(): void;
+}
+
 interface WorkerEntry {
   readonly key: string;
-  readonly identity: Buffer;
+  readonly link: WorkerLink;
   readonly label: string;
-  readonly capacity: number;
-  /** Free slots taken out of the ready list while the worker was silent; given back when it speaks. */
-  parked: number;
+  /** Jobs it runs at once. */
+  readonly concurrency: number;
+  /** Jobs it holds prefetched beyond those it runs. */
+  readonly window: number;
+  /** Jobs it may still be sent: `concurrency + window` less what it holds. */
+  credit: number;
+  /** Credit to give back as it finishes jobs it held from before its HELLO (a rejoin). */
+  owed: number;
+  /** On the ready list now. */
+  ready: boolean;
+  /** Left off the ready list while silent; put back when it speaks. */
+  parked: boolean;
   /** It heartbeats from a thread of its own: silence means gone even while it runs a long job. */
   readonly pulse: boolean;
   readonly jobs: Map<number, Job>;
@@ -109,14 +141,19 @@ export interface ProxyStats {
 }
 
 /**
- * The load balancer of one stage. Workers join with HELLO and their capacity; each unit
- * of free capacity is a slot in a least-recently-used list, so jobs go to the worker
- * that has waited longest. Jobs wait in a queue of at most `maxQueue`; a job that finds
- * the queue full, or no live worker, is refused at once with 503 through the loopback.
- * A worker silent for `liveness` heartbeats is dropped and the jobs it held are answered
- * 502 (or re-sent once, for an idempotent stage); while it holds jobs, silence is taken
- * for a long job until one of them is past its deadline plus `graceMs`, and then the
- * worker is reported stuck (`onStuck`) so that its supervisor can kill it.
+ * The load balancer of one stage, with credit-based flow control. A worker joins with
+ * HELLO, saying how many jobs it runs at once (`concurrency`) and how many it keeps
+ * prefetched beyond those (`window`); the proxy sends it at most that many, and each DONE
+ * gives one credit back, so a worker always has its next job at hand while its outcomes
+ * travel. Ready workers are served in least-recently-used order. Jobs wait in a queue
+ * bounded by `maxQueue`, which counts prefetched jobs too; a job that finds it full, or no
+ * live worker, is refused at once with 503 through the loopback. A cancelled job leaves
+ * the queue at once. A leaving worker (BYE) returns the jobs it never started, and they
+ * go to another worker. A worker silent for `liveness` heartbeats is dropped and the jobs
+ * it held are answered 502 (or re-sent once, for an idempotent stage); while it holds
+ * jobs, silence is taken for a long job until one of them is past its deadline plus
+ * `graceMs`, and then the worker is reported stuck (`onStuck`) so that its supervisor can
+ * kill it.
  */
 export class Proxy {
   /** Lifecycle state. */
@@ -125,21 +162,28 @@ export class Proxy {
   private readonly logger: Logger;
   private readonly frontend = new zmq.Pull();
   private readonly backend = new zmq.Router();
-  private readonly loopbackSocket = new zmq.Push();
+  private readonly loopbackSocket: zmq.Push | undefined;
   private readonly toWorkers: RouterOutbox;
-  private readonly toLoopback: Outbox;
+  private readonly toLoopback: RecordSink;
   private readonly workers = new Map<string, WorkerEntry>();
   private readonly byLabel = new Map<string, WorkerEntry>();
-  private readonly slots = new Fifo<WorkerEntry>();
-  private readonly queue = new Fifo<Job>();
+  private readonly readyWorkers = new Fifo<WorkerEntry>();
+  private readonly queue = new JobList<Job>();
   private readonly queuedById = new Map<number, Job>();
   private readonly assigned = new Map<number, WorkerEntry>();
+  private readonly ports = new Map<string, MessagePort>();
+  private portCount = 0;
+  private liveCount = 0;
+  /** Jobs sent to workers beyond their concurrency: they wait there and count against `maxQueue`. */
+  private prefetched = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private loops: Promise<void>[] = [];
   private accepted = 0;
   private refused = 0;
   private undecodable = 0;
   private readonly stageTime = new LatencyHistogram();
+  private readonly flushBound = (): void => this.flushWorkers();
+  private readonly dirtyPorts = new Set<PortOutbox>();
 
   constructor(options: Partial<ProxyOptions> & Pick<ProxyOptions, Required>) {
     const o = withDefaults<ProxyOptions>(PROXY_DEFAULTS as ProxyOptions, options);
@@ -159,11 +203,15 @@ export class Proxy {
     const link = { maxMessageBytes: o.maxMessageBytes };
     configureSocket(this.frontend, link);
     configureSocket(this.backend, link);
-    configureSocket(this.loopbackSocket, link);
     this.backend.mandatory = true;
-    this.backend.sendTimeout = 1000;
     this.toWorkers = new RouterOutbox(this.backend, this.logger, `stage ${o.name} backend`);
-    this.toLoopback = new Outbox(this.loopbackSocket, this.logger, `stage ${o.name} loopback`);
+    if (o.localLoopback !== undefined) {
+      this.toLoopback = new LocalOutbox(o.localLoopback, o.maxMessageBytes);
+    } else {
+      this.loopbackSocket = new zmq.Push();
+      configureSocket(this.loopbackSocket, link);
+      this.toLoopback = new Outbox(this.loopbackSocket, this.logger, `stage ${o.name} loopback`);
+    }
   }
 
   /** Binds the frontend and backend and starts balancing. Resolves once both are bound. */
@@ -171,7 +219,7 @@ export class Proxy {
     const o = this.options;
     await this.frontend.bind(o.frontend);
     await this.backend.bind(o.backend);
-    this.loopbackSocket.connect(o.loopback);
+    this.loopbackSocket?.connect(o.loopback);
     this.state = 'running';
     const name = o.name;
     this.loops.push(receiveEach(this.frontend, (f) => this.onFrontend(f), this.logger, `stage ${name} frontend`));
@@ -191,20 +239,49 @@ export class Proxy {
     return this.options.backend;
   }
 
+  /**
+   * A channel for one worker thread of this process, in place of a ZeroMQ connection:
+   * hand the returned port to the thread (`StageWorker`'s `port` option). Records cross it
+   * without copies of large payloads and without ZeroMQ's I/O threads; the worker's
+   * answers and next-stage jobs come back through it and go on through `localLoopback`
+   * and `localNext`. The port is closed when its worker leaves or is dropped.
+   */
+  attachPort(): MessagePort {
+    const channel = new MessageChannel();
+    const key = `port-${++this.portCount}`;
+    const port = channel.port1;
+    const outbox = new PortOutbox(port);
+    const link: WorkerLink = {
+      writer: () => {
+        this.dirtyPorts.add(outbox);
+        return outbox.writer;
+      },
+      schedule: () => this.scheduleWorkers(),
+      // The port stays open until its thread ends: the BYE that releases a leaving worker must reach it.
+      forget: () => {
+        this.dirtyPorts.delete(outbox);
+        outbox.flush();
+      },
+    };
+    this.ports.set(key, port);
+    port.once('close', () => this.ports.delete(key));
+    receivePort(port, (frame) => this.onWorkerFrame(key, link, frame, true), this.logger, `stage ${this.options.name} worker port`);
+    return channel.port2;
+  }
+
   /** Counts for metrics and readiness. */
   stats(): ProxyStats {
-    let workers = 0;
     let workersReady = 0;
     for (const w of this.workers.values()) {
-      if (!w.alive || w.leaving) continue;
-      workers++;
-      if (w.jobs.size < w.capacity) workersReady++;
+      if (w.alive && !w.leaving && w.credit > 0) workersReady++;
     }
+    let readySlots = 0;
+    for (const w of this.workers.values()) if (w.alive && !w.leaving) readySlots += w.credit;
     return {
       queued: this.queuedById.size,
       inFlight: this.assigned.size,
-      workers,
-      readySlots: this.slots.size,
+      workers: this.liveCount,
+      readySlots,
       accepted: this.accepted,
       refused: this.refused,
       undecodable: this.undecodable,
@@ -220,7 +297,9 @@ export class Proxy {
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.frontend.close();
     this.backend.close();
-    this.loopbackSocket.close();
+    this.loopbackSocket?.close();
+    for (const port of this.ports.values()) port.close();
+    this.ports.clear();
     await Promise.all(this.loops);
   }
 
@@ -233,24 +312,32 @@ export class Proxy {
     await this.close();
   }
 
-  private onFrontend(frames: Buffer[]): void {
-    const records = this.decode(frames[0], 'frontend');
-    if (records === undefined) return;
+  /**
+   * Takes jobs and cancels for this stage from a sender in this process, as if they had
+   * come in on the frontend socket.
+   */
+  acceptRecords(records: WireRecord[]): void {
+    if (this.state !== 'running') return;
     for (const r of records) {
       if (r.kind === Kind.JOB) this.accept(r);
       else if (r.kind === Kind.CANCEL) this.cancel(r.id);
     }
-    this.toWorkers.schedule();
+    this.scheduleWorkers();
     this.toLoopback.schedule();
+  }
+
+  private onFrontend(frames: Buffer[]): void {
+    const records = this.decode(frames[0], 'frontend');
+    if (records !== undefined) this.acceptRecords(records);
   }
 
   private accept(r: WireRecord): void {
     this.accepted++;
-    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, cancelled: false, dispatchedAt: 0 };
-    if (this.dispatch(job)) return;
-    if (this.liveWorkers() === 0) {
+    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, dispatchedAt: 0, prev: undefined, next: undefined, listed: false };
+    if (this.queue.size === 0 && this.dispatch(job)) return;
+    if (this.liveCount === 0) {
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
-    } else if (this.queuedById.size >= this.options.maxQueue) {
+    } else if (this.queuedById.size + this.prefetched >= this.options.maxQueue) {
       this.refuse(job, 'BF_ERR_OVERLOADED', `stage ${this.options.name} queue is full`);
     } else {
       this.queue.push(job);
@@ -259,36 +346,56 @@ export class Proxy {
   }
 
   /**
-   * Sends a job to the least recently used free worker; false when none is free. A worker
-   * silent for more than one and a half heartbeats gets nothing new: its slot is parked
-   * until it is heard from, so a stopped worker swallows as few jobs as possible.
+   * Sends a job to the least recently used worker with credit; false when none can take
+   * it. A job that would wait in a worker's window counts against `maxQueue`. A worker
+   * silent for more than one and a half heartbeats gets nothing new: it is parked until
+   * heard from, so a stopped worker swallows as few jobs as possible.
    */
   private dispatch(job: Job): boolean {
     const silentAfter = Date.now() - this.options.heartbeatMs * 1.5;
-    for (;;) {
-      const worker = this.slots.shift();
-      if (worker === undefined) return false;
-      if (!worker.alive || worker.leaving) continue;
-      if (worker.lastSeen < silentAfter) {
-        worker.parked++;
+    const windowFull = this.queuedById.size + this.prefetched >= this.options.maxQueue;
+    for (let tries = this.readyWorkers.size; tries > 0; tries--) {
+      const worker = this.readyWorkers.shift()!;
+      if (!worker.alive || worker.leaving || worker.credit <= 0) {
+        worker.ready = false;
         continue;
       }
+      if (worker.lastSeen < silentAfter) {
+        worker.ready = false;
+        worker.parked = true;
+        continue;
+      }
+      const prefetch = worker.jobs.size >= worker.concurrency;
+      if (prefetch && windowFull) {
+        this.readyWorkers.push(worker);
+        continue;
+      }
+      if (prefetch) this.prefetched++;
+      worker.credit--;
       worker.jobs.set(job.id, job);
       job.dispatchedAt = performance.now();
       this.assigned.set(job.id, worker);
-      const w = this.toWorkers.writerFor(worker.key, worker.identity);
+      const w = worker.link.writer();
       w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
       w.bytes(job.payload);
       w.end();
+      if (worker.credit > 0) this.readyWorkers.push(worker);
+      else worker.ready = false;
       return true;
     }
+    return false;
+  }
+
+  private makeReady(worker: WorkerEntry): void {
+    if (worker.ready || worker.parked || !worker.alive || worker.leaving || worker.credit <= 0) return;
+    worker.ready = true;
+    this.readyWorkers.push(worker);
   }
 
   private drainQueue(): void {
     const now = Date.now();
-    while (this.queue.size > 0 && this.slots.size > 0) {
+    while (this.queue.size > 0 && this.readyWorkers.size > 0) {
       const job = this.queue.shift()!;
-      if (job.cancelled) continue;
       this.queuedById.delete(job.id);
       // The front end has already answered 504 for a job past its deadline.
       if (job.deadline !== 0 && job.deadline <= now) continue;
@@ -303,12 +410,12 @@ export class Proxy {
   private cancel(id: number): void {
     const queued = this.queuedById.get(id);
     if (queued !== undefined) {
-      queued.cancelled = true;
+      this.queue.remove(queued);
       this.queuedById.delete(id);
       return;
     }
     const worker = this.assigned.get(id);
-    if (worker !== undefined) this.toWorkers.writerFor(worker.key, worker.identity).empty(Kind.CANCEL, this.options.stage, id);
+    if (worker !== undefined) worker.link.writer().empty(Kind.CANCEL, this.options.stage, id);
   }
 
   private refuse(job: Job, code: ErrorCode, message: string): void {
@@ -322,13 +429,42 @@ export class Proxy {
   private onBackend(frames: Buffer[]): void {
     const identity = frames[0];
     if (identity === undefined) return;
-    const records = this.decode(frames[1], 'backend');
-    if (records === undefined) return;
     const key = identity.toString('hex');
+    const link: WorkerLink = {
+      writer: () => this.toWorkers.writerFor(key, identity),
+      schedule: () => this.toWorkers.schedule(),
+      forget: () => this.toWorkers.release(key),
+    };
+    const frame = frames[1];
+    if (frame === undefined) {
+      this.undecodable++;
+      return;
+    }
+    const known = this.workers.get(key);
+    this.onWorkerFrame(key, known?.link ?? link, frame, false, identity);
+  }
+
+  /**
+   * Handles what one worker sent. From a port, answers and next-stage jobs come this way
+   * too, and go on to `localLoopback` and `localNext`.
+   */
+  private onWorkerFrame(key: string, link: WorkerLink, frame: Buffer, viaPort: boolean, identity?: Buffer): void {
+    const records = this.decode(frame, viaPort ? 'port' : 'backend');
+    if (records === undefined) return;
     let worker = this.workers.get(key);
+    let answers: WireRecord[] | undefined;
+    let jobs: WireRecord[] | undefined;
     for (const r of records) {
       if (r.kind === Kind.HELLO) {
-        worker = this.join(key, identity, r);
+        worker = this.join(key, link, r);
+        continue;
+      }
+      if (viaPort && (r.kind === Kind.RESULT || r.kind === Kind.ERROR)) {
+        (answers ??= []).push(r);
+        continue;
+      }
+      if (viaPort && r.kind === Kind.JOB) {
+        (jobs ??= []).push(r);
         continue;
       }
       if (worker === undefined && r.kind === Kind.HEARTBEAT && r.payload.length > 0) {
@@ -339,75 +475,144 @@ export class Proxy {
       }
       if (worker === undefined || !worker.alive) {
         // A worker we expired (or never met) is still talking: ask it to join again.
-        this.toWorkers.writerForStranger(key, identity).empty(Kind.BYE, this.options.stage, 0);
+        if (identity !== undefined) this.toWorkers.writerForStranger(key, identity).empty(Kind.BYE, this.options.stage, 0);
+        else link.writer().empty(Kind.BYE, this.options.stage, 0);
         break;
       }
       this.heard(worker);
       if (r.kind === Kind.DONE) this.done(worker, r.id);
-      else if (r.kind === Kind.BYE) this.leave(worker);
+      else if (r.kind === Kind.BYE) this.leave(worker, r);
     }
+    if (answers !== undefined) this.options.localLoopback?.(answers);
+    if (jobs !== undefined) this.options.localNext?.(jobs);
     this.drainQueue();
-    this.toWorkers.schedule();
+    this.scheduleWorkers();
     this.toLoopback.schedule();
+  }
+
+  private scheduleWorkers(): void {
+    this.toWorkers.schedule();
+    if (this.dirtyPorts.size > 0) setImmediate(this.flushBound);
+  }
+
+  private flushWorkers(): void {
+    for (const outbox of this.dirtyPorts) outbox.flush();
+    this.dirtyPorts.clear();
   }
 
   private heard(worker: WorkerEntry): void {
     worker.lastSeen = Date.now();
-    if (worker.parked > 0) {
-      for (; worker.parked > 0; worker.parked--) this.slots.push(worker);
+    if (worker.parked) {
+      worker.parked = false;
+      this.makeReady(worker);
     }
   }
 
-  private join(key: string, identity: Buffer, r: WireRecord): WorkerEntry | undefined {
-    let capacity: number;
-    let label: string;
+  private join(key: string, link: WorkerLink, r: WireRecord): WorkerEntry | undefined {
+    let hello;
     try {
-      ({ capacity, label } = readHello(r.payload));
+      hello = readHello(r.payload);
     } catch (err) {
       this.undecodable++;
-      this.logger.warn({ err, stage: this.options.name }, 'malformed HELLO dropped');
+      this.logger.warn({ err, stage: this.options.name }, 'HELLO refused');
       return this.workers.get(key);
     }
+    const { concurrency, window, held, label } = hello;
     const previous = this.workers.get(key) ?? (label === '' ? undefined : this.byLabel.get(label));
     if (previous !== undefined) this.expire(previous, 'rejoined');
     const pulse = (r.flags & Flag.PULSE) !== 0 && label !== '';
-    const worker: WorkerEntry = { key, identity, label, capacity, parked: 0, pulse, jobs: new Map(), lastSeen: Date.now(), alive: true, leaving: false };
+    const slots = concurrency + window;
+    const owed = Math.min(held, slots);
+    const worker: WorkerEntry = {
+      key,
+      link,
+      label,
+      concurrency,
+      window,
+      credit: slots - owed,
+      owed,
+      ready: false,
+      parked: false,
+      pulse,
+      jobs: new Map(),
+      lastSeen: Date.now(),
+      alive: true,
+      leaving: false,
+    };
     this.workers.set(key, worker);
+    this.liveCount++;
     if (label !== '') this.byLabel.set(label, worker);
     const o = this.options;
-    const w = this.toWorkers.writerFor(key, identity);
+    const w = link.writer();
     w.begin(Kind.WELCOME, 0, o.stage, 0, 0);
     writeWelcome(w, { stage: o.stage, next: o.next, loopback: o.loopback, heartbeatMs: o.heartbeatMs, liveness: o.liveness });
     w.end();
-    for (let i = 0; i < capacity; i++) this.slots.push(worker);
-    this.logger.info({ stage: o.name, worker: label || key, capacity }, 'worker joined');
+    this.makeReady(worker);
+    this.logger.info({ stage: o.name, worker: label || key, concurrency, window, held }, 'worker joined');
     return worker;
+  }
+
+  /** Forgets a job a worker held, keeping the prefetch count right. */
+  private release(worker: WorkerEntry, job: Job): void {
+    if (worker.jobs.size > worker.concurrency) this.prefetched--;
+    worker.jobs.delete(job.id);
+    this.assigned.delete(job.id);
   }
 
   private done(worker: WorkerEntry, id: number): void {
     const job = worker.jobs.get(id);
-    if (job === undefined || !worker.jobs.delete(id)) return;
+    if (job === undefined) {
+      // A job from before the worker's HELLO: its credit comes back now.
+      if (worker.owed > 0) {
+        worker.owed--;
+        worker.credit++;
+        this.makeReady(worker);
+      }
+      return;
+    }
     this.stageTime.observe(performance.now() - job.dispatchedAt);
-    this.assigned.delete(id);
+    this.release(worker, job);
     if (worker.leaving) {
       if (worker.jobs.size === 0) this.remove(worker);
       return;
     }
-    this.slots.push(worker);
+    worker.credit++;
+    this.makeReady(worker);
   }
 
-  private leave(worker: WorkerEntry): void {
-    worker.leaving = true;
-    this.logger.info({ stage: this.options.name, worker: worker.key, holding: worker.jobs.size }, 'worker leaving');
+  /** A worker leaves; the jobs it lists were never started and go to the front of the queue. */
+  private leave(worker: WorkerEntry, r: WireRecord): void {
+    if (!worker.leaving) {
+      worker.leaving = true;
+      this.liveCount--;
+    }
+    let returned: number[] = [];
+    try {
+      returned = readReturned(r.payload);
+    } catch (err) {
+      this.undecodable++;
+      this.logger.warn({ err, stage: this.options.name }, 'malformed BYE');
+    }
+    for (let i = returned.length - 1; i >= 0; i--) {
+      const job = worker.jobs.get(returned[i]!);
+      if (job === undefined) continue;
+      this.release(worker, job);
+      this.queue.unshift(job);
+      this.queuedById.set(job.id, job);
+    }
+    this.logger.info({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, returned: returned.length }, 'worker leaving');
     if (worker.jobs.size === 0) this.remove(worker);
     this.refuseQueueIfNoWorker();
   }
 
-  private remove(worker: WorkerEntry): void {
+  /** Forgets a worker; `release` sends a leaving worker the BYE it waits for. */
+  private remove(worker: WorkerEntry, release = worker.leaving): void {
+    if (worker.alive && !worker.leaving) this.liveCount--;
     worker.alive = false;
     this.workers.delete(worker.key);
     if (this.byLabel.get(worker.label) === worker) this.byLabel.delete(worker.label);
-    this.toWorkers.forget(worker.key);
+    if (release) worker.link.writer().empty(Kind.BYE, this.options.stage, 0);
+    worker.link.forget();
   }
 
   /**
@@ -419,7 +624,7 @@ export class Proxy {
     if (worker === undefined || !worker.alive) return;
     this.expire(worker, 'exited');
     this.refuseQueueIfNoWorker();
-    this.toWorkers.schedule();
+    this.scheduleWorkers();
     this.toLoopback.schedule();
   }
 
@@ -430,23 +635,30 @@ export class Proxy {
     for (const worker of this.workers.values()) {
       const verdict = this.check(worker, now, now - worker.lastSeen > limit);
       if (verdict === 'alive') {
-        this.toWorkers.writerFor(worker.key, worker.identity).empty(Kind.HEARTBEAT, o.stage, 0);
+        worker.link.writer().empty(Kind.HEARTBEAT, o.stage, 0);
         continue;
       }
       this.expire(worker, verdict);
       if (verdict === 'stuck' && worker.label !== '') o.onStuck?.(worker.label);
     }
+    // Jobs past their deadline have been answered 504 by the front end: they leave now.
+    for (const job of this.queue) {
+      if (job.deadline === 0 || job.deadline > now) continue;
+      this.queue.remove(job);
+      this.queuedById.delete(job.id);
+    }
     this.refuseQueueIfNoWorker();
-    this.toWorkers.schedule();
+    this.scheduleWorkers();
     this.toLoopback.schedule();
   }
 
   /** Drops a worker; answers 502 for what it held, or re-queues it once for an idempotent stage. */
   private expire(worker: WorkerEntry, why: string): void {
-    this.remove(worker);
-    this.logger.warn({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, why }, 'worker expired');
-    for (const job of worker.jobs.values()) {
-      this.assigned.delete(job.id);
+    const held = [...worker.jobs.values()];
+    for (const job of held) this.release(worker, job);
+    this.remove(worker, false);
+    this.logger.warn({ stage: this.options.name, worker: worker.label || worker.key, holding: held.length, why }, 'worker expired');
+    for (const job of held) {
       if (this.options.idempotent && (job.flags & Flag.RETRIED) === 0) {
         job.flags |= Flag.RETRIED;
         if (!this.dispatch(job)) {
@@ -457,7 +669,6 @@ export class Proxy {
         this.refuse(job, 'BF_ERR_WORKER_DIED', `a worker of stage ${this.options.name} died`);
       }
     }
-    worker.jobs.clear();
   }
 
   /**
@@ -485,19 +696,12 @@ export class Proxy {
   }
 
   private refuseQueueIfNoWorker(): void {
-    if (this.queuedById.size === 0 || this.liveWorkers() > 0) return;
-    for (const job of this.queuedById.values()) {
-      job.cancelled = true;
+    if (this.queuedById.size === 0 || this.liveCount > 0) return;
+    for (const job of this.queue) {
+      this.queue.remove(job);
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
     }
     this.queuedById.clear();
-    this.queue.clear();
-  }
-
-  private liveWorkers(): number {
-    let n = 0;
-    for (const w of this.workers.values()) if (w.alive && !w.leaving) n++;
-    return n;
   }
 
   private decode(frame: Buffer | undefined, socket: string): WireRecord[] | undefined {

@@ -1,9 +1,11 @@
 import * as zmq from 'zeromq';
-import { ERROR_STATUS } from '../errors.js';
+import { ERROR_STATUS, InvalidOptionError } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
 import { endpoint, integerIn, withDefaults } from '../options.js';
 import {
   Kind,
+  LocalOutbox,
+  MAX_ID_PREFIX,
   Outbox,
   configureSocket,
   decodeRecords,
@@ -12,8 +14,10 @@ import {
   receiveEach,
   writeValue,
   type ErrorData,
+  type RecordSink,
   type ResponseData,
   type Value,
+  type WireRecord,
 } from '../wire/index.js';
 
 /** Options of a pipeline client. */
@@ -28,6 +32,12 @@ export interface PipelineClientOptions {
   requestTimeoutMs: number;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
+  /**
+   * In-process delivery to the stages' proxies (embedded mode), one function per stage in
+   * place of the `stages` sockets; answers then come in through `acceptAnswers` as well as
+   * the loopback socket. Default none.
+   */
+  localStages: readonly ((records: WireRecord[]) => void)[] | undefined;
   logger: Logger;
 }
 
@@ -36,8 +46,11 @@ export const CLIENT_DEFAULTS = Object.freeze({
   maxInFlight: 10_000,
   requestTimeoutMs: 30_000,
   maxMessageBytes: 64 * 1024 * 1024,
+  localStages: undefined,
   logger: silentLogger,
 });
+
+const TWO_32 = 0x100000000;
 
 /**
  * Receives the one answer of a request: a response, or an error (exactly one of the two
@@ -69,7 +82,10 @@ export class PipelineClient {
   private readonly logger: Logger;
   private readonly loopback = new zmq.Pull();
   private readonly stageSockets: zmq.Push[];
-  private readonly toStages: Outbox[];
+  private readonly toStages: RecordSink[];
+  /** This client's request ids are `idPrefix * 2^32 + counter`: other clients of the pipeline have other prefixes. */
+  private readonly idPrefix = 1 + Math.floor(Math.random() * MAX_ID_PREFIX);
+  private idCounter = 0;
   private readonly pending = new Map<number, Pending>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
@@ -91,12 +107,19 @@ export class PipelineClient {
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
     configureSocket(this.loopback, link);
-    this.stageSockets = o.stages.map(() => {
-      const s = new zmq.Push();
-      configureSocket(s, link);
-      return s;
-    });
-    this.toStages = this.stageSockets.map((s, i) => new Outbox(s, this.logger, `stage ${i}`));
+    const local = o.localStages;
+    if (local !== undefined) {
+      if (local.length !== o.stages.length) throw new InvalidOptionError('localStages', `one function per stage (${o.stages.length})`, local.length);
+      this.stageSockets = [];
+      this.toStages = local.map((receive) => new LocalOutbox(receive, o.maxMessageBytes));
+    } else {
+      this.stageSockets = o.stages.map(() => {
+        const s = new zmq.Push();
+        configureSocket(s, link);
+        return s;
+      });
+      this.toStages = this.stageSockets.map((s, i) => new Outbox(s, this.logger, `stage ${i}`));
+    }
   }
 
   /** Binds the loopback and connects to the stages. */
@@ -130,16 +153,17 @@ export class PipelineClient {
       onAnswer(null, CLOSED_ERROR);
       return 0;
     }
-    if (this.pending.size >= this.options.maxInFlight) {
+    const outbox = this.toStages[0]!;
+    // A stage that takes nothing (stopped, or gone) fills the outbox: refuse rather than buffer.
+    if (this.pending.size >= this.options.maxInFlight || outbox.full) {
       onAnswer(null, OVERLOAD_ERROR);
       return 0;
     }
-    // Random ids: an answer for an id it was never given cannot be matched to another
-    // client's request except by a 1 in 2^32 guess per request in flight.
-    let id = (Math.random() * 0x100000000) >>> 0;
-    while (id === 0 || this.pending.has(id)) id = (Math.random() * 0x100000000) >>> 0;
+    // A counter under a per-client prefix: an id comes back only after 2^32 more requests,
+    // long after every stage has let go of the old one; other clients have other prefixes.
+    this.idCounter = (this.idCounter + 1) >>> 0;
+    const id = this.idPrefix * TWO_32 + this.idCounter;
     const deadline = Date.now() + this.options.requestTimeoutMs;
-    const outbox = this.toStages[0]!;
     const w = outbox.writer;
     w.begin(Kind.JOB, 0, 0, id, deadline);
     try {
@@ -203,6 +227,11 @@ export class PipelineClient {
       this.logger.warn({ err }, 'undecodable message on the loopback dropped');
       return;
     }
+    this.acceptAnswers(records);
+  }
+
+  /** Takes final answers from a sender in this process (a proxy), as if they had come in on the loopback. */
+  acceptAnswers(records: WireRecord[]): void {
     for (const r of records) {
       if (r.kind !== Kind.RESULT && r.kind !== Kind.ERROR) continue;
       const p = this.pending.get(r.id);

@@ -3,6 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { InvalidOptionError } from '../errors.js';
 import { integerIn, oneOf } from '../options.js';
+import { MAX_WORKER_SLOTS } from '../wire/index.js';
 import type { StageDefinition } from './stage.js';
 
 /** How a stage's workers run: threads of this process, or separate processes. */
@@ -16,7 +17,9 @@ export interface PipelineStage {
   readonly workers?: number;
   /** Jobs one worker holds at once (default: the stage's own `concurrency`, else 1). */
   readonly concurrency?: number;
-  /** Jobs waiting for a worker of this stage, at most (default 1024). */
+  /** Jobs one worker keeps waiting beyond those it runs (default: the stage's own `prefetch`, else 1). */
+  readonly prefetch?: number;
+  /** Jobs waiting for a worker of this stage, at most, counting those prefetched by workers (default 1024). */
   readonly maxQueue?: number;
   /** Threads or processes (default: the pipeline's `transport`). */
   readonly transport?: WorkerTransport;
@@ -30,7 +33,7 @@ export interface PipelineDescription {
 }
 
 const TRANSPORTS: readonly WorkerTransport[] = ['thread', 'process'];
-const STAGE_FIELDS: readonly string[] = ['module', 'workers', 'concurrency', 'maxQueue', 'transport', 'timeoutMs'];
+const STAGE_FIELDS: readonly string[] = ['module', 'workers', 'concurrency', 'prefetch', 'maxQueue', 'transport', 'timeoutMs'];
 
 /**
  * Checks a pipeline description and resolves relative module paths against `baseDir`.
@@ -55,7 +58,8 @@ export function validatePipeline(description: unknown, baseDir: string): Pipelin
       if (typeof s.module !== 'string' || s.module.length === 0) throw new InvalidOptionError(`${at}.module`, 'a module path or a built-in stage name', s.module);
       const out: { -readonly [K in keyof PipelineStage]: PipelineStage[K] } = { module: resolveModule(s.module, baseDir) };
       if (s.workers !== undefined) out.workers = integerIn(`${at}.workers`, s.workers, 1, 256);
-      if (s.concurrency !== undefined) out.concurrency = integerIn(`${at}.concurrency`, s.concurrency, 1, 65536);
+      if (s.concurrency !== undefined) out.concurrency = integerIn(`${at}.concurrency`, s.concurrency, 1, MAX_WORKER_SLOTS);
+      if (s.prefetch !== undefined) out.prefetch = integerIn(`${at}.prefetch`, s.prefetch, 0, MAX_WORKER_SLOTS);
       if (s.maxQueue !== undefined) out.maxQueue = integerIn(`${at}.maxQueue`, s.maxQueue, 0);
       if (s.transport !== undefined) out.transport = oneOf(`${at}.transport`, s.transport, TRANSPORTS);
       if (s.timeoutMs !== undefined) out.timeoutMs = integerIn(`${at}.timeoutMs`, s.timeoutMs, 1);

@@ -51,6 +51,12 @@ export interface StageDefinition<In = unknown> {
   readonly name: string;
   /** Jobs one worker of this stage holds at once (default 1). More helps async or tiny handlers. */
   readonly concurrency?: number;
+  /**
+   * Jobs a worker keeps waiting beyond those it runs (default 1), so that its next job is
+   * at hand when one ends. 0 for stages whose jobs vary widely in length, where a job
+   * waiting behind a long one would be better off with another worker.
+   */
+  readonly prefetch?: number;
   /** True when running a request twice is harmless: a job whose worker died is then re-sent once. */
   readonly idempotent?: boolean;
   /** Time budget of this stage per job, in ms: past it (or the request's deadline, if sooner) the job is answered 504 and `ctx.signal` aborts. */
@@ -75,6 +81,10 @@ export function defineStage<In = unknown>(definition: StageDefinition<In>): Stag
   const c = definition.concurrency;
   if (c !== undefined && (!Number.isInteger(c) || c < 1)) {
     throw new TypeError(`stage ${definition.name}: concurrency must be a positive integer, got ${String(c)}`);
+  }
+  const p = definition.prefetch;
+  if (p !== undefined && (!Number.isInteger(p) || p < 0)) {
+    throw new TypeError(`stage ${definition.name}: prefetch must be a non-negative integer, got ${String(p)}`);
   }
   return Object.freeze({ ...definition });
 }

@@ -1,23 +1,35 @@
 /**
- * The record format. One ZeroMQ message frame carries one or more records back to back
- * (batching); each record is a fixed 20-byte header followed by its payload:
+ * The record format. One message (a ZeroMQ frame, or a batch posted to a worker thread)
+ * carries one or more records back to back (batching); each record is a fixed 24-byte
+ * header followed by its payload:
  *
- * | offset | size | field                                            |
- * |--------|------|--------------------------------------------------|
- * | 0      | 1    | version (`WIRE_VERSION`)                         |
- * | 1      | 1    | kind (`Kind`)                                    |
- * | 2      | 1    | flags (`Flag` bits)                              |
- * | 3      | 1    | stage index the record concerns (0-based)        |
- * | 4      | 4    | request id, u32 little-endian                    |
- * | 8      | 8    | deadline, ms since the Unix epoch, f64 LE; 0 none |
- * | 16     | 4    | payload length in bytes, u32 LE                  |
+ * | offset | size | field                                             |
+ * |--------|------|---------------------------------------------------|
+ * | 0      | 1    | version (`WIRE_VERSION`)                          |
+ * | 1      | 1    | kind (`Kind`)                                     |
+ * | 2      | 1    | flags (`Flag` bits)                               |
+ * | 3      | 1    | stage index the record concerns (0-based)         |
+ * | 4      | 8    | request id, u64 LE: low 32 bits a counter, high 32 bits the issuing client's prefix |
+ * | 12     | 8    | deadline, ms since the Unix epoch, f64 LE; 0 none  |
+ * | 20     | 4    | payload length in bytes, u32 LE                   |
+ *
+ * Request ids are JavaScript numbers: a client's prefix stays below 2^21 so that every id
+ * is a safe integer (`MAX_ID_PREFIX`); a record whose id is beyond that is rejected.
  */
 
 /** The version byte every record starts with; a record of another version is rejected. */
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 
 /** Bytes in a record header. */
-export const HEADER_BYTES = 20;
+export const HEADER_BYTES = 24;
+
+/** The largest prefix (high 32 bits) a request id may carry, so that ids stay safe integers. */
+export const MAX_ID_PREFIX = 0x1fffff;
+
+const TWO_32 = 0x100000000;
+
+/** Batches below this size are copied out by `takeOwned`; larger ones are handed over. */
+const OWNED_COPY_LIMIT = 64 * 1024;
 
 /** What a record is. */
 export const Kind = Object.freeze({
@@ -27,17 +39,21 @@ export const Kind = Object.freeze({
   RESULT: 2,
   /** A final error for the loopback: payload is an error record (see `writeError`). */
   ERROR: 3,
-  /** Worker to proxy: a worker joins; payload is u32 capacity (jobs it holds at once). */
+  /** Worker to proxy: a worker joins; payload is its concurrency, prefetch window and the jobs it still holds (see `writeHello`). */
   HELLO: 4,
   /** Proxy to worker: the stage's configuration, payload is JSON (`WelcomeConfig`). */
   WELCOME: 5,
-  /** Worker to proxy: the job with this id is finished here; frees one unit of capacity. */
+  /** Worker to proxy: the job with this id is finished here; gives the proxy back one credit. */
   DONE: 6,
   /** Either direction: I am alive. No payload. */
   HEARTBEAT: 7,
   /** Client to proxy, proxy to worker: drop or abort the job with this id. */
   CANCEL: 8,
-  /** Worker to proxy: I am leaving; send me nothing more. */
+  /**
+   * Worker to proxy: I am leaving, send me nothing more; the payload lists the ids of jobs
+   * it was sent and never started (u64 LE each), which the proxy gives to another worker.
+   * Proxy to worker: I do not know you (join again) or, to a leaving worker, you are released.
+   */
   BYE: 9,
 } as const);
 
@@ -90,15 +106,17 @@ export function decodeRecords(frame: Buffer): WireRecord[] {
     if (version !== WIRE_VERSION) throw new WireError(`unsupported wire version ${version}`);
     const kind = frame[offset + 1]!;
     if (kind < 1 || kind > MAX_KIND) throw new WireError(`unknown record kind ${kind}`);
-    const length = frame.readUInt32LE(offset + 16);
+    const length = frame.readUInt32LE(offset + 20);
+    const prefix = frame.readUInt32LE(offset + 8);
+    if (prefix > MAX_ID_PREFIX) throw new WireError(`request id prefix ${prefix} out of range`);
     const payloadStart = offset + HEADER_BYTES;
     if (length > end - payloadStart) throw new WireError(`payload of ${length} bytes runs past the frame`);
     records.push({
       kind: kind as KindValue,
       flags: frame[offset + 2]!,
       stage: frame[offset + 3]!,
-      id: frame.readUInt32LE(offset + 4),
-      deadline: frame.readDoubleLE(offset + 8),
+      id: prefix * TWO_32 + frame.readUInt32LE(offset + 4),
+      deadline: frame.readDoubleLE(offset + 12),
       payload: frame.subarray(payloadStart, payloadStart + length),
     });
     offset = payloadStart + length;
@@ -117,7 +135,7 @@ export function splitFrame(frame: Buffer, maxBytes: number): Buffer[] {
   let start = 0;
   let offset = 0;
   while (offset + HEADER_BYTES <= frame.length) {
-    const end = offset + HEADER_BYTES + frame.readUInt32LE(offset + 16);
+    const end = offset + HEADER_BYTES + frame.readUInt32LE(offset + 20);
     if (end - start > maxBytes && offset > start) {
       pieces.push(frame.subarray(start, offset));
       start = offset;
@@ -141,7 +159,7 @@ export class RecordWriter {
   /** @param initialSize first buffer size in bytes; the buffer doubles as needed. */
   constructor(initialSize = 16 * 1024) {
     this.initialSize = initialSize;
-    this.buf = Buffer.allocUnsafe(initialSize);
+    this.buf = Buffer.allocUnsafeSlow(initialSize);
   }
 
   /** Bytes written so far in this batch. */
@@ -152,7 +170,7 @@ export class RecordWriter {
   /** Number of records in this batch. */
   records = 0;
 
-  /** Starts a record; write its payload, then call `end()`. */
+  /** Starts a record; write its payload, then call `end()`. `id` is a non-negative safe integer (see `MAX_ID_PREFIX`). */
   begin(kind: KindValue, flags: number, stage: number, id: number, deadline: number): void {
     this.ensure(HEADER_BYTES);
     const b = this.buf;
@@ -162,7 +180,8 @@ export class RecordWriter {
     b[o + 2] = flags;
     b[o + 3] = stage;
     b.writeUInt32LE(id >>> 0, o + 4);
-    b.writeDoubleLE(deadline, o + 8);
+    b.writeUInt32LE(Math.floor(id / TWO_32), o + 8);
+    b.writeDoubleLE(deadline, o + 12);
     this.recordStart = o;
     this.len = o + HEADER_BYTES;
   }
@@ -170,7 +189,7 @@ export class RecordWriter {
   /** Ends the current record, fixing its payload length. */
   end(): void {
     const start = this.recordStart;
-    this.buf.writeUInt32LE(this.len - start - HEADER_BYTES, start + 16);
+    this.buf.writeUInt32LE(this.len - start - HEADER_BYTES, start + 20);
     this.recordStart = -1;
     this.records++;
   }
@@ -218,6 +237,14 @@ export class RecordWriter {
     this.len += 8;
   }
 
+  /** Writes a request id as u64 LE, the way record headers carry it. */
+  id(value: number): void {
+    this.ensure(8);
+    this.buf.writeUInt32LE(value >>> 0, this.len);
+    this.buf.writeUInt32LE(Math.floor(value / TWO_32), this.len + 4);
+    this.len += 8;
+  }
+
   bytes(value: Uint8Array): void {
     this.ensure(value.length);
     this.buf.set(value, this.len);
@@ -246,10 +273,24 @@ export class RecordWriter {
     this.len += n;
   }
 
+  /**
+   * Returns the batch written so far in an ArrayBuffer of its own (to transfer to another
+   * thread) and starts an empty one: a small batch is copied out and the buffer reused, a
+   * large one is handed over whole.
+   */
+  takeOwned(): Uint8Array {
+    if (this.len >= OWNED_COPY_LIMIT) return this.take();
+    const out = new Uint8Array(this.len);
+    out.set(this.buf.subarray(0, this.len));
+    this.len = 0;
+    this.records = 0;
+    return out;
+  }
+
   /** Returns the batch written so far and starts an empty one. */
   take(): Buffer {
     const out = this.buf.subarray(0, this.len);
-    this.buf = Buffer.allocUnsafe(Math.max(this.initialSize, Math.min(this.len, 1 << 20)));
+    this.buf = Buffer.allocUnsafeSlow(Math.max(this.initialSize, Math.min(this.len, 1 << 20)));
     this.len = 0;
     this.records = 0;
     return out;
@@ -260,7 +301,7 @@ export class RecordWriter {
     if (need <= this.buf.length) return;
     let size = this.buf.length * 2;
     while (size < need) size *= 2;
-    const next = Buffer.allocUnsafe(size);
+    const next = Buffer.allocUnsafeSlow(size);
     this.buf.copy(next, 0, 0, this.len);
     this.buf = next;
   }
@@ -296,6 +337,14 @@ export class PayloadReader {
 
   f64(): number {
     return this.buf.readDoubleLE(this.need(8));
+  }
+
+  /** Reads a request id written by `RecordWriter.id`. */
+  id(): number {
+    const at = this.need(8);
+    const prefix = this.buf.readUInt32LE(at + 4);
+    if (prefix > MAX_ID_PREFIX) throw new WireError(`request id prefix ${prefix} out of range`);
+    return prefix * TWO_32 + this.buf.readUInt32LE(at);
   }
 
   bytes(n: number): Buffer {

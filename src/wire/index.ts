@@ -5,6 +5,7 @@
 export {
   WIRE_VERSION,
   HEADER_BYTES,
+  MAX_ID_PREFIX,
   Kind,
   Flag,
   WireError,
@@ -26,10 +27,26 @@ export {
   readHello,
   writeWelcome,
   readWelcome,
+  writeReturned,
+  readReturned,
+  MAX_WORKER_SLOTS,
   type Value,
   type ResponseData,
   type ErrorData,
   type WelcomeConfig,
   type HelloData,
 } from './payloads.js';
-export { Outbox, RouterOutbox, receiveEach, configureSocket, type LinkLogger, type LinkOptions } from './link.js';
+export {
+  Outbox,
+  RouterOutbox,
+  PortOutbox,
+  LocalOutbox,
+  receiveEach,
+  receivePort,
+  configureSocket,
+  SOCKET_HIGH_WATER_MARK,
+  SEND_TIMEOUT_MS,
+  type RecordSink,
+  type LinkLogger,
+  type LinkOptions,
+} from './link.js';

@@ -1,5 +1,6 @@
+import type { MessagePort } from 'node:worker_threads';
 import * as zmq from 'zeromq';
-import { RecordWriter, splitFrame } from './format.js';
+import { RecordWriter, decodeRecords, splitFrame, type WireRecord } from './format.js';
 
 /** Logs what the socket helpers cannot hand to a caller (a pino logger fits). */
 export interface LinkLogger {
@@ -12,10 +13,42 @@ export interface LinkOptions {
   readonly maxMessageBytes: number;
 }
 
-/** Applies the options every socket needs: no linger on close, a bound on message size. */
+/**
+ * Messages a socket queues for one peer, in each direction, before it stops taking more
+ * (ZeroMQ's high-water marks). With batching a message holds one event-loop turn's records,
+ * so this bounds a stopped peer's backlog at this many messages of at most `maxMessageBytes`.
+ */
+export const SOCKET_HIGH_WATER_MARK = 64;
+
+/** How long a send may wait for a peer that takes nothing (stopped, or at its high-water mark), in ms; then its records are dropped. */
+export const SEND_TIMEOUT_MS = 1000;
+
+/** Applies the options every socket needs: no linger on close, bounded queues and sends, a bound on message size. */
 export function configureSocket(socket: zmq.Socket, options: LinkOptions): void {
   socket.linger = 0;
   socket.maxMessageSize = options.maxMessageBytes;
+  // Each socket class has the options of the directions it sends and receives in.
+  const sides = socket as zmq.Socket & Partial<zmq.Writable> & Partial<zmq.Readable>;
+  if ('sendHighWaterMark' in sides) {
+    sides.sendHighWaterMark = SOCKET_HIGH_WATER_MARK;
+    sides.sendTimeout = SEND_TIMEOUT_MS;
+  }
+  if ('receiveHighWaterMark' in sides) sides.receiveHighWaterMark = SOCKET_HIGH_WATER_MARK;
+}
+
+/**
+ * Where records for one peer are written and sent from: a ZeroMQ socket (`Outbox`), a
+ * worker thread's port (`PortOutbox`) or a receiver in this thread (`LocalOutbox`).
+ */
+export interface RecordSink {
+  /** Where records for the next message are written. */
+  readonly writer: RecordWriter;
+  /** Sends what has been written, at the end of this event-loop turn. */
+  schedule(): void;
+  /** Sends what has been written now (a ZeroMQ socket busy with a send takes it when that ends). */
+  flush(): void;
+  /** True while the unsent bytes are over the sink's bound: refuse new work instead of writing more. */
+  readonly full: boolean;
 }
 
 /** The largest message the peers accept: every butterfly socket is given the same limit. */
@@ -31,18 +64,25 @@ function maxMessage(socket: zmq.Socket): number {
  *
  * Write records into `writer`, then call `schedule()`.
  */
-export class Outbox {
+export class Outbox implements RecordSink {
   /** Where records for the next message are written. */
   readonly writer = new RecordWriter();
   private scheduled = false;
   private sending = false;
-  private readonly flushBound = (): void => void this.flush();
+  /** Records dropped because their send failed or timed out, since start. */
+  dropped = 0;
+  private readonly flushBound = (): void => void this.send();
+  private readonly maxBytes: number;
 
+  /** @param maxBytes unsent bytes past which `full` is true; default the socket's message limit. */
   constructor(
     private readonly socket: zmq.Writable & zmq.Socket,
     private readonly logger: LinkLogger,
     private readonly name: string,
-  ) {}
+    maxBytes?: number,
+  ) {
+    this.maxBytes = maxBytes ?? maxMessage(socket);
+  }
 
   /** Sends what has been written, at the end of this event-loop turn. */
   schedule(): void {
@@ -51,13 +91,23 @@ export class Outbox {
     setImmediate(this.flushBound);
   }
 
+  flush(): void {
+    if (this.sending) return;
+    void this.send();
+  }
+
+  get full(): boolean {
+    return this.writer.length >= this.maxBytes;
+  }
+
   /** True while nothing is written and nothing is being sent. */
   get idle(): boolean {
     return !this.sending && this.writer.length === 0;
   }
 
-  private async flush(): Promise<void> {
+  private async send(): Promise<void> {
     this.scheduled = false;
+    if (this.sending) return;
     while (this.writer.length > 0 && !this.socket.closed) {
       const records = this.writer.records;
       const frame = this.writer.take();
@@ -65,11 +115,86 @@ export class Outbox {
       try {
         for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send(piece);
       } catch (err) {
+        this.dropped += records;
         if (!this.socket.closed) this.logger.warn({ err, socket: this.name, records }, 'send failed; records dropped');
       } finally {
         this.sending = false;
       }
     }
+  }
+}
+
+/**
+ * Batches records for a worker thread (or its proxy, from inside the thread) and posts
+ * them through a `MessagePort`, transferring the bytes rather than copying large batches.
+ * A port has no bound of its own: what is written to it is bounded by its caller (the
+ * proxy's credits, the worker's jobs).
+ */
+export class PortOutbox implements RecordSink {
+  readonly writer = new RecordWriter();
+  private scheduled = false;
+  private readonly flushBound = (): void => this.flush();
+
+  constructor(private readonly port: MessagePort) {}
+
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(this.flushBound);
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.writer.length === 0) return;
+    const frame = this.writer.takeOwned();
+    this.port.postMessage(frame, [frame.buffer as ArrayBuffer]);
+  }
+
+  get full(): boolean {
+    return false;
+  }
+}
+
+/** Hands every batch posted by a `PortOutbox` on the other side of `port` to `onFrame`. */
+export function receivePort(port: MessagePort, onFrame: (frame: Buffer) => void, logger: LinkLogger, name: string): void {
+  port.on('message', (bytes: Uint8Array) => {
+    try {
+      onFrame(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    } catch (err) {
+      logger.warn({ err, port: name }, 'message handler failed');
+    }
+  });
+}
+
+/**
+ * Hands records to a receiver in this thread at the end of the turn (or at `flush`), in
+ * the same batches and bytes a socket would carry, so in-process links and sockets share
+ * one path. Bounded like an `Outbox`: `full` past `maxBytes` unsent.
+ */
+export class LocalOutbox implements RecordSink {
+  readonly writer = new RecordWriter();
+  private scheduled = false;
+  private readonly flushBound = (): void => this.flush();
+
+  constructor(
+    private readonly receive: (records: WireRecord[]) => void,
+    private readonly maxBytes: number,
+  ) {}
+
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(this.flushBound);
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.writer.length === 0) return;
+    this.receive(decodeRecords(this.writer.take()));
+  }
+
+  get full(): boolean {
+    return this.writer.length >= this.maxBytes;
   }
 }
 
@@ -109,6 +234,13 @@ export class RouterOutbox {
   writerForStranger(key: string, identity: Buffer): RecordWriter {
     if (!this.peers.has(key)) this.strangers.add(key);
     return this.writerFor(key, identity);
+  }
+
+  /** Forgets a peer once what is written to it has been sent. */
+  release(key: string): void {
+    const peer = this.peers.get(key);
+    if (peer !== undefined && peer.writer.length > 0) this.strangers.add(key);
+    else this.forget(key);
   }
 
   /** Forgets a peer and anything still unsent to it. */

@@ -158,26 +158,60 @@ export function readError(payload: Buffer): ErrorData {
   return { status, code, message: r.utf8(r.remaining) };
 }
 
+/** The most jobs a worker may run at once, or hold prefetched, as it announces in HELLO. */
+export const MAX_WORKER_SLOTS = 4096;
+
 /** What a worker says when it joins its proxy. */
 export interface HelloData {
-  /** Jobs it holds at once, at least 1. */
-  readonly capacity: number;
+  /** Jobs it runs at once, 1 to `MAX_WORKER_SLOTS`. */
+  readonly concurrency: number;
+  /** Jobs it keeps prefetched beyond those it runs, 0 to `MAX_WORKER_SLOTS`. */
+  readonly window: number;
+  /**
+   * Jobs it still runs from before this HELLO (it rejoined while working): their DONEs give
+   * the proxy back credit it has not given out, so the worker returns to its full capacity.
+   */
+  readonly held: number;
   /** A name unique among the stage's workers, given by its supervisor (may be empty). */
   readonly label: string;
 }
 
-/** Appends a worker's HELLO payload: u32 capacity, then its label as UTF-8. */
+/** Appends a worker's HELLO payload: u32 concurrency, u32 window, u32 held, then its label as UTF-8. */
 export function writeHello(w: RecordWriter, hello: HelloData): void {
-  w.u32(hello.capacity);
+  w.u32(hello.concurrency);
+  w.u32(hello.window);
+  w.u32(hello.held);
   w.utf8(hello.label);
 }
 
-/** Decodes a HELLO payload; capacity is at least 1. */
+/**
+ * Decodes a HELLO payload.
+ * @throws WireError when concurrency is outside 1..MAX_WORKER_SLOTS, the window or the
+ * held count above MAX_WORKER_SLOTS: a worker cannot make its proxy allocate without bound.
+ */
 export function readHello(payload: Buffer): HelloData {
   const r = new PayloadReader(payload);
-  const capacity = r.u32();
-  if (capacity < 1) throw new WireError('worker capacity must be at least 1');
-  return { capacity, label: r.utf8(r.remaining) };
+  const concurrency = r.u32();
+  const window = r.u32();
+  const held = r.u32();
+  if (concurrency < 1 || concurrency > MAX_WORKER_SLOTS) throw new WireError(`worker concurrency must be 1 to ${MAX_WORKER_SLOTS}, got ${concurrency}`);
+  if (window > MAX_WORKER_SLOTS) throw new WireError(`worker window must be 0 to ${MAX_WORKER_SLOTS}, got ${window}`);
+  if (held > MAX_WORKER_SLOTS * 2) throw new WireError(`worker held count must be at most ${MAX_WORKER_SLOTS * 2}, got ${held}`);
+  return { concurrency, window, held, label: r.utf8(r.remaining) };
+}
+
+/** Appends a BYE payload: the ids of the jobs returned unstarted. */
+export function writeReturned(w: RecordWriter, ids: readonly number[]): void {
+  for (const id of ids) w.id(id);
+}
+
+/** Decodes a BYE payload into the ids of the jobs returned unstarted. */
+export function readReturned(payload: Buffer): number[] {
+  if (payload.length % 8 !== 0) throw new WireError(`BYE payload of ${payload.length} bytes is not a list of ids`);
+  const r = new PayloadReader(payload);
+  const ids: number[] = [];
+  while (r.remaining > 0) ids.push(r.id());
+  return ids;
 }
 
 /** What a proxy tells a worker that joins its stage. */

@@ -5,10 +5,16 @@
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { importStage } from '../stages/index.js';
-import type { WorkerCommand, WorkerLaunch, WorkerReport } from './launch.js';
+import type { MessagePort } from 'node:worker_threads';
+import type { ThreadLaunch, WorkerCommand, WorkerLaunch, WorkerReport } from './launch.js';
 import { StageWorker } from './worker.js';
 
-async function run(launch: WorkerLaunch, report: (r: WorkerReport) => void, onCommand: (fn: (c: WorkerCommand) => void) => void): Promise<void> {
+async function run(
+  launch: WorkerLaunch,
+  port: MessagePort | undefined,
+  report: (r: WorkerReport) => void,
+  onCommand: (fn: (c: WorkerCommand) => void) => void,
+): Promise<void> {
   const logger = pino({ level: launch.logLevel, base: { pid: process.pid, role: 'worker' } });
   let worker: StageWorker;
   try {
@@ -16,7 +22,9 @@ async function run(launch: WorkerLaunch, report: (r: WorkerReport) => void, onCo
     worker = new StageWorker({
       stage,
       connect: launch.connect,
+      port,
       concurrency: launch.concurrency,
+      prefetch: launch.prefetch,
       timeoutMs: launch.timeoutMs,
       label: launch.label,
       // A worker process heartbeats from a thread of its own; a worker thread cannot own one safely.
@@ -37,11 +45,13 @@ async function run(launch: WorkerLaunch, report: (r: WorkerReport) => void, onCo
 }
 
 if (!isMainThread && parentPort !== null) {
-  const port = parentPort;
+  const parent = parentPort;
+  const { launch, port } = workerData as ThreadLaunch;
   void run(
-    workerData as WorkerLaunch,
-    (r) => port.postMessage(r),
-    (fn) => port.on('message', fn),
+    launch,
+    port,
+    (r) => parent.postMessage(r),
+    (fn) => parent.on('message', fn),
   );
 } else if (process.send !== undefined) {
   const launch = JSON.parse(process.argv[2] ?? '{}') as WorkerLaunch;
@@ -49,6 +59,7 @@ if (!isMainThread && parentPort !== null) {
   process.on('disconnect', () => process.exit(0));
   void run(
     launch,
+    undefined,
     (r) => process.send?.(r),
     (fn) => {
       process.on('message', (m) => fn(m as WorkerCommand));

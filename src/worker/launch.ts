@@ -1,11 +1,15 @@
+import type { MessagePort } from 'node:worker_threads';
+
 /** What a pool hands a worker it starts (thread or process): plain data, cloneable. */
 export interface WorkerLaunch {
   /** Module whose default export is the stage. */
   readonly module: string;
   /** The stage proxy's backend address. */
   readonly connect: string;
-  /** Jobs held at once; undefined for the stage's own default. */
+  /** Jobs run at once; undefined for the stage's own default. */
   readonly concurrency: number | undefined;
+  /** Jobs kept waiting beyond those running; undefined for the stage's own default. */
+  readonly prefetch: number | undefined;
   /** The stage's time budget per job, in ms; undefined for the stage's own. */
   readonly timeoutMs: number | undefined;
   /** The worker's name for its proxy and supervisor. */
@@ -13,6 +17,12 @@ export interface WorkerLaunch {
   readonly maxMessageBytes: number;
   /** pino level for the worker's own log lines. */
   readonly logLevel: string;
+}
+
+/** What a worker thread is started with: its launch, and a port to its proxy when the proxy is in this process. */
+export interface ThreadLaunch {
+  readonly launch: WorkerLaunch;
+  readonly port: MessagePort | undefined;
 }
 
 /** Messages a worker sends its pool. */

@@ -1,4 +1,6 @@
+import type { MessagePort } from 'node:worker_threads';
 import { type Logger, silentLogger } from '../logger.js';
+import { MAX_WORKER_SLOTS } from '../wire/index.js';
 import { endpoint, integerIn, nonEmptyString, oneOf, withDefaults } from '../options.js';
 import type { WorkerTransport } from '../stages/index.js';
 import type { WorkerHandle } from './handle.js';
@@ -18,8 +20,16 @@ export interface WorkerPoolOptions {
   workers: number;
   /** Processes or threads. Default `process` (see `kill`). */
   transport: WorkerTransport;
-  /** Jobs one worker holds at once; undefined for the stage's own default. */
+  /** Jobs one worker runs at once; undefined for the stage's own default. */
   concurrency: number | undefined;
+  /** Jobs one worker keeps waiting beyond those it runs; undefined for the stage's own default. */
+  prefetch: number | undefined;
+  /**
+   * For thread workers whose proxy is in this process: gives each new thread its channel
+   * to the proxy (`Proxy.attachPort`). Such threads open no socket, so a stuck one can be
+   * terminated and replaced like a process.
+   */
+  attach: (() => MessagePort) | undefined;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
   /** How long a worker may take to start (import, setup, join), in ms. Default 10000. */
@@ -40,6 +50,8 @@ export const POOL_DEFAULTS = Object.freeze({
   workers: 2,
   transport: 'process' as WorkerTransport,
   concurrency: undefined,
+  prefetch: undefined,
+  attach: undefined,
   maxMessageBytes: 64 * 1024 * 1024,
   startTimeoutMs: 10_000,
   closeTimeoutMs: 10_000,
@@ -88,7 +100,8 @@ export class WorkerPool {
     endpoint('connect', o.connect);
     integerIn('workers', o.workers, 1, 256);
     oneOf('transport', o.transport, ['thread', 'process']);
-    if (o.concurrency !== undefined) integerIn('concurrency', o.concurrency, 1, 65536);
+    if (o.concurrency !== undefined) integerIn('concurrency', o.concurrency, 1, MAX_WORKER_SLOTS);
+    if (o.prefetch !== undefined) integerIn('prefetch', o.prefetch, 0, MAX_WORKER_SLOTS);
     integerIn('startTimeoutMs', o.startTimeoutMs, 1);
     integerIn('closeTimeoutMs', o.closeTimeoutMs, 1);
     this.options = o;
@@ -167,6 +180,7 @@ export class WorkerPool {
       module: o.module,
       connect: o.connect,
       concurrency: o.concurrency,
+      prefetch: o.prefetch,
       timeoutMs: o.timeoutMs,
       label,
       maxMessageBytes: o.maxMessageBytes,
@@ -177,12 +191,12 @@ export class WorkerPool {
   /**
    * Kills the worker with this label at once (its proxy found it stuck); its supervisor
    * starts a replacement. A worker thread cannot be killed while it holds ZeroMQ sockets
-   * without aborting the whole process, so a stuck thread is only reported.
+   * without aborting the whole process, so a stuck thread without a port is only reported.
    */
   kill(label: string): void {
     const slot = this.slots.find((s) => s.label === label && s.handle !== undefined);
     if (slot === undefined) return;
-    if (this.options.transport === 'thread') {
+    if (this.options.transport === 'thread' && this.options.attach === undefined) {
       this.logger.error({ stage: this.options.name, worker: label }, 'worker thread stuck; it cannot be killed (use the process transport)');
       return;
     }
@@ -211,7 +225,7 @@ export class WorkerPool {
     slot.generation++;
     const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}`;
     const launch = this.launch(label);
-    const handle = o.transport === 'thread' ? startThreadWorker(launch) : startProcessWorker(launch);
+    const handle = o.transport === 'thread' ? startThreadWorker(launch, o.attach?.()) : startProcessWorker(launch);
     slot.handle = handle;
     slot.label = label;
     slot.startedAt = Date.now();

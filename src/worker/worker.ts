@@ -1,3 +1,4 @@
+import type { MessagePort } from 'node:worker_threads';
 import * as zmq from 'zeromq';
 import { ButterflyError, ERROR_STATUS, toErrorRecord } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
@@ -6,18 +7,23 @@ import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type S
 import {
   Flag,
   Kind,
+  MAX_WORKER_SLOTS,
   Outbox,
+  PortOutbox,
   RequestData,
   configureSocket,
   decodeRecords,
   readValue,
   readWelcome,
   receiveEach,
+  receivePort,
   writeError,
   writeHello,
+  writeReturned,
   writeResponse,
   writeValue,
   type KindValue,
+  type RecordSink,
   type RecordWriter,
   type Value,
   type WelcomeConfig,
@@ -29,10 +35,20 @@ import { type Pulse, startPulse } from './pulse.js';
 export interface StageWorkerOptions {
   /** The stage this worker runs. */
   stage: StageDefinition;
-  /** The stage proxy's backend address. */
+  /** The stage proxy's backend address (ZeroMQ); ignored when `port` is given. */
   connect: string;
-  /** Jobs held at once (default: the stage's `concurrency`, else 1). */
+  /**
+   * A channel to a proxy of this process (`Proxy.attachPort`), for a worker thread: jobs,
+   * answers and next-stage jobs all cross it, and the worker opens no socket.
+   */
+  port: MessagePort | undefined;
+  /** Jobs run at once (default: the stage's `concurrency`, else 1). */
   concurrency: number | undefined;
+  /**
+   * Jobs kept waiting here beyond those running (default: the stage's `prefetch`, else 1):
+   * the next job is at hand when one ends, instead of a round trip to the proxy away.
+   */
+  prefetch: number | undefined;
   /** Largest ZeroMQ message accepted, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
   /** This stage's time budget per job, in ms (default: the stage's `timeoutMs`, else none): past it the job is answered 504. */
@@ -52,7 +68,9 @@ export interface StageWorkerOptions {
 
 /** Defaults for the options that have them. */
 export const WORKER_DEFAULTS = Object.freeze({
+  port: undefined,
   concurrency: undefined,
+  prefetch: undefined,
   maxMessageBytes: 64 * 1024 * 1024,
   timeoutMs: undefined,
   graceMs: 1000,
@@ -61,8 +79,15 @@ export const WORKER_DEFAULTS = Object.freeze({
   logger: silentLogger,
 });
 
-/** Time a worker runs queued jobs before it lets its messages out, in ms. */
-const TURN_BUDGET_MS = 0.5;
+/** Jobs prefetched per worker when neither the options nor the stage say. */
+export const DEFAULT_PREFETCH = 1;
+
+/**
+ * Time a worker runs jobs back to back before it sends their outcomes and DONEs, in ms.
+ * Short, so that a finished job's outcome and its credit leave while the next job runs;
+ * tiny jobs still go many to a message.
+ */
+const TURN_BUDGET_MS = 0.1;
 
 /** How often running jobs' deadlines are checked, in ms. */
 const SWEEP_MS = 50;
@@ -71,32 +96,37 @@ const SWEEP_MS = 50;
 const CLOSE_GRACE_MS = 5000;
 
 /**
- * Runs one stage's handler for the jobs its proxy sends. Joins the proxy with HELLO and
- * its capacity, learns the next stage and the loopback from WELCOME, and sends each
- * job's outcome on: `ctx.next(...)` to the next stage's proxy, a reply or an error to the
- * loopback, then DONE to its proxy. Rejoins a proxy that stops heart-beating.
+ * Runs one stage's handler for the jobs its proxy sends. Joins the proxy with HELLO (its
+ * concurrency and prefetch window), learns the next stage and the loopback from WELCOME,
+ * runs at most `concurrency` jobs at once with up to `prefetch` more waiting, and sends
+ * each job's outcome on as soon as it ends: `ctx.next(...)` to the next stage's proxy, a
+ * reply or an error to the loopback, then DONE (one credit back) to its proxy. Over
+ * ZeroMQ it rejoins a proxy that stops heart-beating; over a port (a worker thread of the
+ * proxy's process) everything goes through the port.
  */
 export class StageWorker {
   /** Lifecycle state. */
   state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
   private readonly options: StageWorkerOptions;
   private readonly stage: StageDefinition;
-  private readonly capacity: number;
+  private readonly concurrency: number;
+  private readonly prefetch: number;
   private readonly budgetMs: number;
   private sweepTimer: NodeJS.Timeout | undefined;
   private pulse: Pulse | undefined;
   private readonly logger: Logger;
-  private dealer: zmq.Dealer;
-  private toProxy: Outbox;
+  private dealer: zmq.Dealer | undefined;
+  private toProxy: RecordSink;
   private nextSocket: zmq.Push | undefined;
-  private toNext: Outbox | undefined;
+  private toNext: RecordSink | undefined;
   private loopbackSocket: zmq.Push | undefined;
-  private toLoopback: Outbox | undefined;
+  private toLoopback: RecordSink | undefined;
   private config: WelcomeConfig | undefined;
   private readonly running = new Map<number, Job>();
-  /** Jobs received and not started; bounded by the capacity the proxy is told. */
+  /** Jobs received and not started; bounded by the credit the proxy is given. */
   private readonly inbox: (WireRecord | undefined)[] = [];
   private inboxHead = 0;
+  private waiting = 0;
   private pumpScheduled = false;
   private readonly pumpBound = (): void => this.pump();
   private welcomed: (() => void) | undefined;
@@ -108,17 +138,24 @@ export class StageWorker {
 
   constructor(options: Partial<StageWorkerOptions> & Pick<StageWorkerOptions, 'stage' | 'connect'>) {
     const o = withDefaults<StageWorkerOptions>(WORKER_DEFAULTS as StageWorkerOptions, options);
-    endpoint('connect', o.connect);
+    if (o.port === undefined) endpoint('connect', o.connect);
     integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
-    this.capacity = integerIn('concurrency', o.concurrency ?? o.stage.concurrency ?? 1, 1, 65536);
+    this.concurrency = integerIn('concurrency', o.concurrency ?? o.stage.concurrency ?? 1, 1, MAX_WORKER_SLOTS);
+    this.prefetch = integerIn('prefetch', o.prefetch ?? o.stage.prefetch ?? DEFAULT_PREFETCH, 0, MAX_WORKER_SLOTS);
     const budget = o.timeoutMs ?? o.stage.timeoutMs;
     this.budgetMs = budget === undefined ? 0 : integerIn('timeoutMs', budget, 1);
     integerIn('graceMs', o.graceMs, 0);
     this.options = o;
     this.stage = o.stage;
     this.logger = o.logger;
-    this.dealer = this.newDealer();
-    this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
+    if (o.port !== undefined) {
+      const port = o.port;
+      this.toProxy = new PortOutbox(port);
+      receivePort(port, (frame) => this.onProxy(frame), this.logger, 'proxy');
+    } else {
+      this.dealer = this.newDealer();
+      this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
+    }
   }
 
   /** Runs the stage's setup, joins the proxy and resolves once the proxy has welcomed it. */
@@ -132,24 +169,23 @@ export class StageWorker {
 
   /** Jobs held now: running, or received and not yet started. */
   get inFlight(): number {
-    return this.running.size + this.inbox.length - this.inboxHead;
+    return this.running.size + this.waiting;
   }
 
   /**
-   * Leaves gracefully: tells the proxy to send nothing more, finishes what it holds and
-   * whatever the proxy sent before reading that, until the proxy has let it go (up to
-   * 5 s), runs the stage's teardown and closes the sockets. Idempotent.
+   * Leaves gracefully: tells the proxy to send nothing more and hands back the jobs it has
+   * not started (another worker runs them), finishes what it runs, returns whatever the
+   * proxy sent before reading the BYE, until the proxy has let it go (up to 5 s), runs the
+   * stage's teardown and closes the sockets. Idempotent.
    */
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
-    this.toProxy.writer.empty(Kind.BYE, this.config?.stage ?? 0, 0);
-    this.toProxy.schedule();
+    this.bye(this.takeWaiting());
     if (this.config !== undefined) {
-      // Jobs the proxy sent before it read the BYE may still be on their way. The proxy
-      // forgets a leaving worker once it has the DONE of every job it gave it, and then
-      // answers anything more from it with BYE: so, each time this worker is idle, it asks
-      // (a heartbeat after its last DONE), and it leaves on that BYE.
+      // The proxy forgets a leaving worker once every job it gave it is done or returned,
+      // and then sends BYE: that releases this worker. A worker idle after its last DONE
+      // also asks (a heartbeat), in case that BYE was lost.
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, CLOSE_GRACE_MS);
         this.released = () => {
@@ -184,16 +220,39 @@ export class StageWorker {
     const dealer = new zmq.Dealer();
     configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes });
     dealer.connect(this.options.connect);
-    this.loops.push(receiveEach(dealer, (f) => this.onProxy(f), this.logger, 'proxy'));
+    this.loops.push(receiveEach(dealer, (f) => this.onProxy(f[0]), this.logger, 'proxy'));
     return dealer;
   }
 
+  /** Joins (or rejoins) the proxy; jobs still running here give their credit back as they end. */
   private join(): void {
     const w = this.toProxy.writer;
     w.begin(Kind.HELLO, this.options.pulse && this.options.label !== '' ? Flag.PULSE : 0, this.config?.stage ?? 0, 0, 0);
-    writeHello(w, { capacity: Math.max(1, this.capacity - this.running.size), label: this.options.label });
+    writeHello(w, { concurrency: this.concurrency, window: this.prefetch, held: this.running.size, label: this.options.label });
     w.end();
     this.toProxy.schedule();
+  }
+
+  /** Says BYE, handing back the ids of jobs never started. */
+  private bye(returned: readonly number[]): void {
+    const w = this.toProxy.writer;
+    w.begin(Kind.BYE, 0, this.config?.stage ?? 0, 0, 0);
+    writeReturned(w, returned);
+    w.end();
+    this.toProxy.schedule();
+  }
+
+  /** Empties the inbox, returning the ids of the jobs that were waiting there. */
+  private takeWaiting(): number[] {
+    const ids: number[] = [];
+    for (let i = this.inboxHead; i < this.inbox.length; i++) {
+      const r = this.inbox[i];
+      if (r !== undefined) ids.push(r.id);
+    }
+    this.inbox.length = 0;
+    this.inboxHead = 0;
+    this.waiting = 0;
+    return ids;
   }
 
   private async shut(): Promise<void> {
@@ -201,33 +260,41 @@ export class StageWorker {
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
     await this.pulse?.stop();
-    this.dealer.close();
+    this.dealer?.close();
     this.nextSocket?.close();
     this.loopbackSocket?.close();
+    this.options.port?.close();
     await Promise.all(this.loops);
   }
 
   private async flushed(): Promise<void> {
-    const outboxes = [this.toProxy, this.toNext, this.toLoopback];
+    for (const sink of [this.toProxy, this.toNext, this.toLoopback]) sink?.flush();
+    const outboxes = [this.toProxy, this.toNext, this.toLoopback].filter((o): o is Outbox => o instanceof Outbox);
     const deadline = Date.now() + 1000;
-    while (outboxes.some((o) => o !== undefined && !o.idle) && Date.now() < deadline) {
+    while (outboxes.some((o) => !o.idle) && Date.now() < deadline) {
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
 
-  private onProxy(frames: Buffer[]): void {
+  private onProxy(frame: Buffer | undefined): void {
     this.lastHeard = Date.now();
     let records: WireRecord[];
     try {
-      records = decodeRecords(frames[0] ?? Buffer.alloc(0));
+      records = decodeRecords(frame ?? Buffer.alloc(0));
     } catch (err) {
       this.logger.warn({ err, stage: this.stage.name }, 'undecodable message from proxy dropped');
       return;
     }
+    let returned: number[] | undefined;
     for (const r of records) {
       switch (r.kind) {
         case Kind.JOB:
-          this.inbox.push(r);
+          // A job sent before the proxy read this worker's BYE goes back, unstarted.
+          if (this.state === 'draining' || this.state === 'closed') (returned ??= []).push(r.id);
+          else {
+            this.inbox.push(r);
+            this.waiting++;
+          }
           break;
         case Kind.CANCEL:
           this.cancel(r.id);
@@ -236,43 +303,54 @@ export class StageWorker {
           this.welcome(r);
           break;
         case Kind.BYE:
-          // The proxy no longer knows this worker (it was expired): join again.
-          if (this.state === 'running') this.join();
-          else if (this.state === 'draining') this.released?.();
+          if (this.state === 'draining') {
+            this.released?.();
+          } else if (this.state === 'running') {
+            // The proxy no longer knows this worker (it was expired, and what it held was
+            // answered or sent elsewhere): drop what waits and join again.
+            this.takeWaiting();
+            this.join();
+          }
           break;
         default:
           break;
       }
     }
+    if (returned !== undefined) this.bye(returned);
     this.pump();
   }
 
   /**
-   * Runs queued jobs for up to `TURN_BUDGET_MS`, then yields so that the outcomes and
-   * DONEs written so far are sent before the next job starts: tiny jobs are batched
-   * many to a message, and a long job's worker gets its next job while it works.
+   * Starts waiting jobs while fewer than `concurrency` run, for up to `TURN_BUDGET_MS`,
+   * then sends the outcomes and DONEs written so far at once and yields, so that the
+   * proxy tops the window up while the next job runs: tiny jobs are batched many to a
+   * message, and a long job's outcome leaves the moment it ends.
    */
   private pump(): void {
     this.pumpScheduled = false;
     const start = performance.now();
-    while (this.inbox.length > this.inboxHead) {
+    while (this.waiting > 0 && this.running.size < this.concurrency) {
       const r = this.inbox[this.inboxHead];
       this.inbox[this.inboxHead++] = undefined;
       if (r === undefined) continue; // cancelled while waiting
+      this.waiting--;
       this.run(r);
       if (performance.now() - start >= TURN_BUDGET_MS) break;
     }
-    // Flushes first: they must go out before the next job runs.
-    this.toNext?.schedule();
-    this.toLoopback?.schedule();
-    this.toProxy.schedule();
-    if (this.inboxHead === this.inbox.length) {
+    this.flushAll();
+    if (this.waiting === 0) {
       this.inbox.length = 0;
       this.inboxHead = 0;
-    } else if (!this.pumpScheduled) {
-      this.pumpScheduled = true;
-      setImmediate(this.pumpBound);
+    } else if (this.running.size < this.concurrency) {
+      this.schedulePump();
     }
+  }
+
+  /** Sends everything written: outcomes first, then the DONEs that free credit for more. */
+  private flushAll(): void {
+    this.toNext?.flush();
+    if (this.toLoopback !== this.toNext) this.toLoopback?.flush();
+    if (this.toProxy !== this.toLoopback) this.toProxy.flush();
   }
 
   private welcome(r: WireRecord): void {
@@ -283,6 +361,29 @@ export class StageWorker {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
     }
+    if (this.options.port !== undefined) {
+      // Through a port, answers and next-stage jobs go to the proxy's process, which routes them.
+      this.toLoopback = this.toProxy;
+      this.toNext = config.next === null ? undefined : this.toProxy;
+    } else {
+      this.connectSockets(config);
+      if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
+        if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+        this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
+        this.heartbeatTimer.unref();
+      }
+      if (this.options.pulse && this.options.label !== '' && this.pulse === undefined) {
+        this.pulse = startPulse({ connect: this.options.connect, label: this.options.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
+      }
+    }
+    this.config = config;
+    this.lastHeard = Date.now();
+    this.logger.info({ stage: this.stage.name, index: config.stage, concurrency: this.concurrency, prefetch: this.prefetch }, 'worker joined its proxy');
+    this.welcomed?.();
+    this.welcomed = undefined;
+  }
+
+  private connectSockets(config: WelcomeConfig): void {
     const link = { maxMessageBytes: this.options.maxMessageBytes };
     if (this.config === undefined || this.config.loopback !== config.loopback) {
       this.loopbackSocket?.close();
@@ -302,24 +403,11 @@ export class StageWorker {
         this.toNext = new Outbox(this.nextSocket, this.logger, 'next stage');
       }
     }
-    if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
-      if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
-      this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
-      this.heartbeatTimer.unref();
-    }
-    if (this.options.pulse && this.options.label !== '' && this.pulse === undefined) {
-      this.pulse = startPulse({ connect: this.options.connect, label: this.options.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
-    }
-    this.config = config;
-    this.lastHeard = Date.now();
-    this.logger.info({ stage: this.stage.name, index: config.stage, capacity: this.capacity }, 'worker joined its proxy');
-    this.welcomed?.();
-    this.welcomed = undefined;
   }
 
   private onHeartbeat(): void {
     const config = this.config;
-    if (config === undefined || this.state !== 'running') return;
+    if (config === undefined || this.state !== 'running' || this.dealer === undefined) return;
     if (Date.now() - this.lastHeard > config.heartbeatMs * config.liveness) {
       // The proxy went silent: reconnect with a fresh socket and join again.
       this.logger.warn({ stage: this.stage.name }, 'proxy silent; rejoining');
@@ -327,6 +415,7 @@ export class StageWorker {
       this.dealer = this.newDealer();
       this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
       this.lastHeard = Date.now();
+      this.takeWaiting();
       this.join();
       return;
     }
@@ -370,11 +459,12 @@ export class StageWorker {
   private finishAsync(job: Job, value: unknown, err: unknown, failed: boolean): void {
     if (failed) this.fail(job, err);
     else this.finish(job, value);
+    // With jobs waiting, `done` has scheduled the pump, which sends this outcome first.
+    if (this.waiting > 0) return;
     this.toNext?.schedule();
     this.toLoopback?.schedule();
     this.toProxy.schedule();
   }
-
   private finish(job: Job, outcome: unknown): void {
     if (job.cancelled) {
       this.done(job);
@@ -405,7 +495,7 @@ export class StageWorker {
    * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
    * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
    */
-  private emit(outbox: Outbox, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void): boolean {
+  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void): boolean {
     const w = outbox.writer;
     w.begin(kind, kind === Kind.JOB ? job.flags : 0, stage, job.id, job.requestDeadline);
     try {
@@ -485,7 +575,14 @@ export class StageWorker {
     // A job given up on at its deadline may still finish later: it is done only once.
     if (!this.running.delete(job.id)) return;
     this.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
-    if (this.inFlight === 0) this.idle?.();
+    if (this.waiting > 0) this.schedulePump();
+    else if (this.running.size === 0) this.idle?.();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(this.pumpBound);
   }
 
   private cancel(id: number): void {
@@ -499,6 +596,7 @@ export class StageWorker {
       if (r !== undefined && r.id === id) {
         // Not started: answer nothing (the client is gone), just free the slot.
         this.inbox[i] = undefined;
+        this.waiting--;
         this.toProxy.writer.empty(Kind.DONE, r.stage, id);
         return;
       }
