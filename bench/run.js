@@ -509,6 +509,11 @@ function scalingTable(results) {
   return fmt.table(header, rows);
 }
 
+/** A share of one core as a percentage, e.g. ` 94%`. */
+function share(value) {
+  return Number.isFinite(value) ? `${Math.round(value * 100)}%`.padStart(5) : '    -';
+}
+
 function processLines(results) {
   const lines = [];
   for (const r of results) {
@@ -516,10 +521,13 @@ function processLines(results) {
     const label = r.workers === null ? `${r.server} c${r.connections}` : `${r.server} w${r.workers}`;
     lines.push(`  ${label}:`);
     for (const p of r.resources.processes) {
-      lines.push(`    ${String(p.pid).padStart(7)}  ${p.name.padEnd(28)} CPU ${fmt.cpu(p.cpuSeconds).padStart(7)}  peak RSS ${fmt.mebibytes(p.peakRssBytes).padStart(9)}`);
+      lines.push(`    ${String(p.pid).padStart(7)}  ${p.name.padEnd(28)} CPU ${fmt.cpu(p.cpuSeconds).padStart(7)} ${share(p.share)}  peak RSS ${fmt.mebibytes(p.peakRssBytes).padStart(9)}`);
+      if ((p.threads ?? []).length > 1) {
+        for (const t of p.threads) lines.push(`             thread ${String(t.tid).padEnd(14)} CPU ${fmt.cpu(t.cpuSeconds).padStart(7)} ${share(t.share)}`);
+      }
     }
   }
-  return lines.length === 0 ? '' : `Processes (CPU during the measured load, peak RSS):\n${lines.join('\n')}`;
+  return lines.length === 0 ? '' : `Processes (CPU during the measured load, as seconds and as % of one core; threads busy >= 5%; peak RSS):\n${lines.join('\n')}`;
 }
 
 /**

@@ -23,10 +23,10 @@ function readClockTicks() {
  * @param {number} pid
  * @returns {{ pid: number, ppid: number, comm: string, state: string, ticks: number, startTime: number } | undefined}
  */
-export function readStat(pid) {
+export function readStat(pid, file = `/proc/${pid}/stat`) {
   let text;
   try {
-    text = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    text = readFileSync(file, 'latin1');
   } catch {
     return undefined;
   }
@@ -44,6 +44,27 @@ export function readStat(pid) {
     ticks: Number(fields[11]) + Number(fields[12]),
     startTime: Number(fields[19]),
   };
+}
+
+/**
+ * CPU ticks of each thread of a process, by thread id (/proc/<pid>/task/<tid>/stat).
+ * @param {number} pid
+ * @returns {Map<number, number>}
+ */
+export function threadTicks(pid) {
+  const ticks = new Map();
+  let tids;
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return ticks;
+  }
+  for (const entry of tids) {
+    const tid = Number(entry);
+    const stat = readStat(tid, `/proc/${pid}/task/${tid}/stat`);
+    if (stat) ticks.set(tid, stat.ticks);
+  }
+  return ticks;
 }
 
 /**
@@ -81,6 +102,14 @@ function describe(pid, comm) {
   if (script === -1) return comm;
   const next = argv[script + 1];
   const name = path.basename(argv[script] ?? comm);
+  if (next !== undefined && next.startsWith('{')) {
+    // A pool's worker process: its launch is JSON; its label names it.
+    try {
+      return `${name} ${JSON.parse(next).label}`;
+    } catch {
+      return name;
+    }
+  }
   return next !== undefined && !next.startsWith('-') ? `${name} ${next}` : name;
 }
 
@@ -181,16 +210,22 @@ export class TreeSampler {
   /** Marks the start of the measured load. */
   beginWindow() {
     this.sample();
+    this.windowStartedAt = performance.now();
     for (const entry of this.processes.values()) {
       entry.windowStart = entry.ticks;
       entry.windowEnd = undefined;
+      entry.threadsAtStart = threadTicks(entry.pid);
     }
   }
 
   /** Marks the end of the measured load. */
   endWindow() {
     this.sample();
-    for (const entry of this.processes.values()) entry.windowEnd = entry.ticks;
+    this.windowSeconds = (performance.now() - (this.windowStartedAt ?? performance.now())) / 1000;
+    for (const entry of this.processes.values()) {
+      entry.windowEnd = entry.ticks;
+      entry.threadsAtEnd = entry.alive ? threadTicks(entry.pid) : undefined;
+    }
     this.windowClosed = true;
   }
 
@@ -211,12 +246,26 @@ export class TreeSampler {
    * high-water mark (VmHWM); the total is the largest sum of VmRSS over one sample.
    */
   summary() {
+    const window = this.windowSeconds ?? 0;
     const processes = [...this.processes.values()].map((entry) => {
       const end = entry.windowEnd ?? entry.ticks;
+      const cpuSeconds = Math.max(0, end - entry.windowStart) / CLOCK_TICKS;
+      // Threads busy for at least 5% of the window: worker threads show as their own rows.
+      const threads = [];
+      if (entry.threadsAtStart && entry.threadsAtEnd && window > 0) {
+        for (const [tid, endTicks] of entry.threadsAtEnd) {
+          const seconds = Math.max(0, endTicks - (entry.threadsAtStart.get(tid) ?? 0)) / CLOCK_TICKS;
+          if (seconds / window >= 0.05) threads.push({ tid, cpuSeconds: seconds, share: seconds / window });
+        }
+        threads.sort((a, b) => b.cpuSeconds - a.cpuSeconds);
+      }
       return {
         pid: entry.pid,
         name: entry.name,
-        cpuSeconds: Math.max(0, end - entry.windowStart) / CLOCK_TICKS,
+        cpuSeconds,
+        // The share of one core the process used during the measured load (1 = a core busy throughout).
+        share: window > 0 ? cpuSeconds / window : NaN,
+        threads,
         cpuSecondsTotal: entry.ticks / CLOCK_TICKS,
         peakRssBytes: entry.hwmKiB * 1024,
       };
@@ -226,6 +275,7 @@ export class TreeSampler {
       cpuSeconds: processes.reduce((sum, p) => sum + p.cpuSeconds, 0),
       cpuSecondsTotal: processes.reduce((sum, p) => sum + p.cpuSecondsTotal, 0),
       peakRssBytes: this.peakTotalRssKiB * 1024,
+      windowSeconds: window,
     };
   }
 }

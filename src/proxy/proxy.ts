@@ -41,8 +41,10 @@ export interface ProxyOptions {
   next: string | null;
   /** The loopback of the front end: final answers, including this proxy's refusals. */
   loopback: string;
-  /** Jobs waiting for a free worker, at most; past it a job is refused with 503. Default 1024. */
+  /** Jobs waiting, at most, here or prefetched by workers; past it a job is refused with 503. Default 1024. */
   maxQueue: number;
+  /** Bytes of the jobs waiting here, at most; past it a job is refused with 503 (one job is always taken). Default 64 MiB. */
+  maxQueueBytes: number;
   /** Heartbeat interval in ms, both ways. Default 1000. */
   heartbeatMs: number;
   /** Heartbeats a worker may miss before it counts as dead. Default 3. */
@@ -71,6 +73,7 @@ export interface ProxyOptions {
 /** Defaults for the options that have them. */
 export const PROXY_DEFAULTS = Object.freeze({
   maxQueue: 1024,
+  maxQueueBytes: 64 * 1024 * 1024,
   heartbeatMs: 1000,
   liveness: 3,
   idempotent: false,
@@ -170,6 +173,7 @@ export class Proxy {
   private readonly readyWorkers = new Fifo<WorkerEntry>();
   private readonly queue = new JobList<Job>();
   private readonly queuedById = new Map<number, Job>();
+  private queuedBytes = 0;
   private readonly assigned = new Map<number, WorkerEntry>();
   private readonly ports = new Map<string, MessagePort>();
   private portCount = 0;
@@ -194,6 +198,7 @@ export class Proxy {
     if (o.next !== null) endpoint('next', o.next);
     endpoint('loopback', o.loopback);
     integerIn('maxQueue', o.maxQueue, 0);
+    integerIn('maxQueueBytes', o.maxQueueBytes, 0);
     integerIn('heartbeatMs', o.heartbeatMs, 10);
     integerIn('liveness', o.liveness, 1);
     integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
@@ -337,11 +342,10 @@ export class Proxy {
     if (this.queue.size === 0 && this.dispatch(job)) return;
     if (this.liveCount === 0) {
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
-    } else if (this.queuedById.size + this.prefetched >= this.options.maxQueue) {
+    } else if (this.queuedById.size + this.prefetched >= this.options.maxQueue || (this.queuedBytes > 0 && this.queuedBytes + job.payload.length > this.options.maxQueueBytes)) {
       this.refuse(job, 'BF_ERR_OVERLOADED', `stage ${this.options.name} queue is full`);
     } else {
-      this.queue.push(job);
-      this.queuedById.set(job.id, job);
+      this.enqueue(job, false);
     }
   }
 
@@ -396,12 +400,11 @@ export class Proxy {
     const now = Date.now();
     while (this.queue.size > 0 && this.readyWorkers.size > 0) {
       const job = this.queue.shift()!;
-      this.queuedById.delete(job.id);
+      this.dequeue(job);
       // The front end has already answered 504 for a job past its deadline.
       if (job.deadline !== 0 && job.deadline <= now) continue;
       if (!this.dispatch(job)) {
-        this.queue.unshift(job);
-        this.queuedById.set(job.id, job);
+        this.enqueue(job, true);
         return;
       }
     }
@@ -410,8 +413,7 @@ export class Proxy {
   private cancel(id: number): void {
     const queued = this.queuedById.get(id);
     if (queued !== undefined) {
-      this.queue.remove(queued);
-      this.queuedById.delete(id);
+      this.dequeue(queued);
       return;
     }
     const worker = this.assigned.get(id);
@@ -597,8 +599,7 @@ export class Proxy {
       const job = worker.jobs.get(returned[i]!);
       if (job === undefined) continue;
       this.release(worker, job);
-      this.queue.unshift(job);
-      this.queuedById.set(job.id, job);
+      this.enqueue(job, true);
     }
     this.logger.info({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, returned: returned.length }, 'worker leaving');
     if (worker.jobs.size === 0) this.remove(worker);
@@ -644,8 +645,7 @@ export class Proxy {
     // Jobs past their deadline have been answered 504 by the front end: they leave now.
     for (const job of this.queue) {
       if (job.deadline === 0 || job.deadline > now) continue;
-      this.queue.remove(job);
-      this.queuedById.delete(job.id);
+      this.dequeue(job);
     }
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
@@ -661,10 +661,7 @@ export class Proxy {
     for (const job of held) {
       if (this.options.idempotent && (job.flags & Flag.RETRIED) === 0) {
         job.flags |= Flag.RETRIED;
-        if (!this.dispatch(job)) {
-          this.queue.unshift(job);
-          this.queuedById.set(job.id, job);
-        }
+        if (!this.dispatch(job)) this.enqueue(job, true);
       } else {
         this.refuse(job, 'BF_ERR_WORKER_DIED', `a worker of stage ${this.options.name} died`);
       }
@@ -698,10 +695,24 @@ export class Proxy {
   private refuseQueueIfNoWorker(): void {
     if (this.queuedById.size === 0 || this.liveCount > 0) return;
     for (const job of this.queue) {
-      this.queue.remove(job);
+      this.dequeue(job);
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
     }
-    this.queuedById.clear();
+  }
+
+  /** Puts a job on the queue, at the back or (for one handed back) at the front. */
+  private enqueue(job: Job, front: boolean): void {
+    if (front) this.queue.unshift(job);
+    else this.queue.push(job);
+    this.queuedById.set(job.id, job);
+    this.queuedBytes += job.payload.length;
+  }
+
+  /** Takes a job off the queue wherever it is. */
+  private dequeue(job: Job): void {
+    this.queue.remove(job);
+    this.queuedById.delete(job.id);
+    this.queuedBytes -= job.payload.length;
   }
 
   private decode(frame: Buffer | undefined, socket: string): WireRecord[] | undefined {

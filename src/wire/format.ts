@@ -70,7 +70,10 @@ export const Flag = Object.freeze({
   PULSE: 2,
 } as const);
 
-/** One decoded record; `payload` is a view into the received message, valid until the next receive. */
+/**
+ * One decoded record; `payload` is a view into the received message (every message arrives
+ * in memory of its own, so the view stays valid, and keeps the message alive while held).
+ */
 export interface WireRecord {
   kind: KindValue;
   flags: number;

@@ -46,6 +46,7 @@ export {
   configureSocket,
   SOCKET_HIGH_WATER_MARK,
   SEND_TIMEOUT_MS,
+  OUTBOX_BYTES,
   type RecordSink,
   type LinkLogger,
   type LinkOptions,

@@ -18,7 +18,14 @@ export interface LinkOptions {
  * (ZeroMQ's high-water marks). With batching a message holds one event-loop turn's records,
  * so this bounds a stopped peer's backlog at this many messages of at most `maxMessageBytes`.
  */
-export const SOCKET_HIGH_WATER_MARK = 64;
+export const SOCKET_HIGH_WATER_MARK = 16;
+
+/**
+ * Unsent bytes an outbox holds before it reports itself full, so that its users refuse new
+ * work: with a peer that takes nothing, a socket holds at most this plus
+ * `SOCKET_HIGH_WATER_MARK` messages.
+ */
+export const OUTBOX_BYTES = 16 * 1024 * 1024;
 
 /** How long a send may wait for a peer that takes nothing (stopped, or at its high-water mark), in ms; then its records are dropped. */
 export const SEND_TIMEOUT_MS = 1000;
@@ -74,14 +81,14 @@ export class Outbox implements RecordSink {
   private readonly flushBound = (): void => void this.send();
   private readonly maxBytes: number;
 
-  /** @param maxBytes unsent bytes past which `full` is true; default the socket's message limit. */
+  /** @param maxBytes unsent bytes past which `full` is true; default `OUTBOX_BYTES` or the socket's message limit, whichever is smaller. */
   constructor(
     private readonly socket: zmq.Writable & zmq.Socket,
     private readonly logger: LinkLogger,
     private readonly name: string,
     maxBytes?: number,
   ) {
-    this.maxBytes = maxBytes ?? maxMessage(socket);
+    this.maxBytes = maxBytes ?? Math.min(OUTBOX_BYTES, maxMessage(socket));
   }
 
   /** Sends what has been written, at the end of this event-loop turn. */

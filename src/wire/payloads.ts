@@ -56,7 +56,7 @@ export function writeValue(w: RecordWriter, value: Value): void {
   }
 }
 
-/** Decodes a value written by `writeValue`. */
+/** Decodes a value written by `writeValue`; bytes (and a request's body) are views into `payload`, not copies. */
 export function readValue(payload: Buffer): Value {
   const r = new PayloadReader(payload);
   const tag = r.u8();
@@ -68,7 +68,7 @@ export function readValue(payload: Buffer): Value {
     case ValueTag.STRING:
       return r.utf8(r.remaining);
     case ValueTag.BYTES:
-      return Buffer.from(r.rest());
+      return r.rest();
     case ValueTag.REQUEST:
       return readRequest(r);
     case ValueTag.JSON:
@@ -105,7 +105,7 @@ function readRequest(r: PayloadReader): RequestData {
     headers[i] = r.utf8(r.u16());
     headers[i + 1] = r.utf8(r.u32());
   }
-  return new RequestData(method, target, headers, Buffer.from(r.rest()), remoteAddress);
+  return new RequestData(method, target, headers, r.rest(), remoteAddress);
 }
 
 /** Appends a response: u16 status, u8 header count, each header u8-prefixed name and u16-prefixed value, then the body. */

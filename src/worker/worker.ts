@@ -476,6 +476,11 @@ export class StageWorker {
         this.fail(job, new ButterflyError('BF_ERR_NO_NEXT_STAGE', `stage ${this.stage.name} is the last stage and cannot pass a job on`));
         return;
       }
+      if (toNext.full) {
+        // The next stage takes nothing (stopped, or gone): refuse rather than buffer.
+        this.fail(job, new ButterflyError('BF_ERR_OVERLOADED', `the stage after ${this.stage.name} is not taking jobs`));
+        return;
+      }
       const payload = outcome.payload;
       const value = (payload instanceof HttpRequest ? payload.data : payload) as Value;
       if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value))) this.done(job);
