@@ -27,7 +27,7 @@ const MEMORY_REQUESTS = 1_000_000;
 const MEMORY_SEGMENT_S = 5;
 const MEMORY_MAX_SEGMENTS = 40;
 const ALL_SERVERS = SERVERS.map((s) => s.name);
-const POOLED_SERVERS = ['cluster-inline', 'piscina-pool', 'butterfly-node', 'butterfly-uws', 'butterfly-split'];
+const POOLED_SERVERS = ['cluster-inline', 'piscina-pool', 'butterfly-node', 'butterfly-uws', 'butterfly-process', 'butterfly-split'];
 
 /**
  * @typedef {object} Workload

@@ -20,6 +20,7 @@ const DAEMON = path.join(ROOT, 'bin', 'butterflyd.js');
  * @property {string} [script]  baseline entry point, relative to bench/
  * @property {'node' | 'uws'} [engine]
  * @property {boolean} [split]  butterfly split into separate proxy/worker/server processes
+ * @property {'thread' | 'process'} [transport]  embedded butterfly's worker transport (default: the daemon's)
  */
 
 /** @type {readonly ServerDef[]} */
@@ -29,6 +30,7 @@ export const SERVERS = Object.freeze([
   { name: 'piscina-pool', label: 'node:http + piscina thread pool', family: 'baseline', script: 'servers/piscina-pool.js' },
   { name: 'butterfly-node', label: 'butterfly embedded, --engine node', family: 'butterfly', engine: 'node' },
   { name: 'butterfly-uws', label: 'butterfly embedded, --engine uws', family: 'butterfly', engine: 'uws' },
+  { name: 'butterfly-process', label: 'butterfly embedded, --engine node, --transport process', family: 'butterfly', engine: 'node', transport: 'process' },
   { name: 'butterfly-split', label: 'butterfly split: proxy / worker / server processes', family: 'butterfly', engine: 'node', split: true },
 ]);
 
@@ -90,7 +92,8 @@ export async function commandsFor(server, { host, port, workload, workers, runDi
   const pipelineArgs = pipeline === undefined ? [] : ['--pipeline', pipeline];
   const front = ['--host', host, '--port', String(port), ...(server.engine === 'uws' ? ['--engine', 'uws'] : [])];
   if (!server.split) {
-    return [[DAEMON, ...front, ...pipelineArgs, ...(workers === undefined ? [] : ['--workers', String(workers)])]];
+    const transport = server.transport === undefined ? [] : ['--transport', server.transport];
+    return [[DAEMON, ...front, ...transport, ...pipelineArgs, ...(workers === undefined ? [] : ['--workers', String(workers)])]];
   }
   // Split layout on one host: one `butterflyd proxy` per stage, each worker in a process
   // of its own, then `butterflyd server`; they meet on ipc sockets in the run directory.

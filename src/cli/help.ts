@@ -54,8 +54,12 @@ HTTP front end (butterflyd, server):
 Pipeline (butterflyd, simulate):
   --pipeline FILE           JSON pipeline description (default: the built-in is_prime)
   --workers N               workers per stage (default: the number of cores, ${availableParallelism()})
-  --transport thread|process  how workers run (default ${BUTTERFLY_DEFAULTS.transport})
-  --max-queue N             jobs queued per stage before 503 (default 1024; also proxy)
+  --transport thread|process  how workers run (default ${BUTTERFLY_DEFAULTS.transport}: threads talk to their
+                            proxy through ports, without sockets)
+  --worker-nice N           added to workers' nice value, 0-19, so stage work yields the cores to
+                            the front end and proxies (default ${BUTTERFLY_DEFAULTS.workerNice}; also worker)
+  --max-queue N             jobs waiting per stage, at a proxy or prefetched by its workers,
+                            before 503 (default 1024; also proxy)
   --heartbeat MS            heartbeat interval between proxies and workers (default 1000; also proxy)
 
 Split mode, server and proxy:
@@ -77,7 +81,7 @@ Worker:
   --concurrency N           jobs one worker holds at once (default: the stage's own)
   --workers N               workers this process runs (default 1; more run as a supervised pool
                             that restarts them)
-  --transport thread|process  how a pool's workers run (default ${BUTTERFLY_DEFAULTS.transport})
+  --transport thread|process  how a pool's workers run (default process)
 
 Every option can also be set by an environment variable, BUTTERFLY_ and the flag in upper
 snake case (BUTTERFLY_PORT, BUTTERFLY_HOST, BUTTERFLY_ENGINE, BUTTERFLY_WORKERS,

@@ -58,6 +58,13 @@ export interface StageWorkerOptions {
   /** A name unique among the stage's workers, given by the supervisor; the proxy reports it when the worker is stuck. */
   label: string;
   /**
+   * Called once when this worker's jobs prove heavy: over a sample of jobs run after its
+   * first few, the median job held the thread `HEAVY_JOB_MS` or more. The supervisor lowers the
+   * worker's priority then, so that long jobs yield the cores to the front end and to
+   * light stages, which hand out the next jobs. Default none.
+   */
+  onHeavy: (() => void) | undefined;
+  /**
    * Heartbeat from a thread of its own (default false), so that a handler blocking the
    * event loop does not make the worker look dead. Only for a worker that is its process's
    * main thread: a worker thread must not own threads holding sockets.
@@ -75,6 +82,7 @@ export const WORKER_DEFAULTS = Object.freeze({
   timeoutMs: undefined,
   graceMs: 1000,
   label: '',
+  onHeavy: undefined,
   pulse: false,
   logger: silentLogger,
 });
@@ -88,6 +96,13 @@ export const DEFAULT_PREFETCH = 1;
  * tiny jobs still go many to a message.
  */
 const TURN_BUDGET_MS = 0.1;
+
+/** Jobs a worker runs before it times them (its code is still being compiled), then jobs it times before it decides whether its work is heavy. */
+const HEAVY_WARMUP = 64;
+const HEAVY_SAMPLE = 64;
+
+/** Time a job holds the thread, on average, from which a worker's work counts as heavy, in ms. */
+const HEAVY_JOB_MS = 0.2;
 
 /** How often running jobs' deadlines are checked, in ms. */
 const SWEEP_MS = 50;
@@ -128,6 +143,9 @@ export class StageWorker {
   private inboxHead = 0;
   private waiting = 0;
   private pumpScheduled = false;
+  /** Jobs timed so far, and the time they held the thread, until the heavy verdict. */
+  private timedJobs = 0;
+  private jobTimes: Float64Array | undefined;
   private readonly pumpBound = (): void => this.pump();
   private welcomed: (() => void) | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -148,6 +166,7 @@ export class StageWorker {
     this.options = o;
     this.stage = o.stage;
     this.logger = o.logger;
+    if (o.onHeavy !== undefined) this.jobTimes = new Float64Array(HEAVY_SAMPLE);
     if (o.port !== undefined) {
       const port = o.port;
       this.toProxy = new PortOutbox(port);
@@ -329,13 +348,17 @@ export class StageWorker {
   private pump(): void {
     this.pumpScheduled = false;
     const start = performance.now();
+    let before = start;
     while (this.waiting > 0 && this.running.size < this.concurrency) {
       const r = this.inbox[this.inboxHead];
       this.inbox[this.inboxHead++] = undefined;
       if (r === undefined) continue; // cancelled while waiting
       this.waiting--;
       this.run(r);
-      if (performance.now() - start >= TURN_BUDGET_MS) break;
+      const now = performance.now();
+      if (this.jobTimes !== undefined) this.time(now - before);
+      before = now;
+      if (now - start >= TURN_BUDGET_MS) break;
     }
     this.flushAll();
     if (this.waiting === 0) {
@@ -343,6 +366,22 @@ export class StageWorker {
       this.inboxHead = 0;
     } else if (this.running.size < this.concurrency) {
       this.schedulePump();
+    }
+  }
+
+  /** Adds a turn's jobs to the heavy-work sample; past it, tells the supervisor once if the jobs were heavy. */
+  private time(ms: number): void {
+    const times = this.jobTimes!;
+    const n = this.timedJobs++ - HEAVY_WARMUP;
+    if (n < 0) return;
+    times[n] = ms;
+    if (n + 1 < HEAVY_SAMPLE) return;
+    this.jobTimes = undefined;
+    // The median: a job that lost its core for a while in the middle does not count as long.
+    const median = times.sort()[HEAVY_SAMPLE >> 1]!;
+    if (median >= HEAVY_JOB_MS) {
+      this.logger.info({ stage: this.stage.name, medianJobMs: Math.round(median * 1000) / 1000 }, 'heavy jobs: running below the front end');
+      this.options.onHeavy?.();
     }
   }
 
@@ -361,17 +400,17 @@ export class StageWorker {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
     }
+    if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
+      if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+      this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
+      this.heartbeatTimer.unref();
+    }
     if (this.options.port !== undefined) {
       // Through a port, answers and next-stage jobs go to the proxy's process, which routes them.
       this.toLoopback = this.toProxy;
       this.toNext = config.next === null ? undefined : this.toProxy;
     } else {
       this.connectSockets(config);
-      if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
-        if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
-        this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
-        this.heartbeatTimer.unref();
-      }
       if (this.options.pulse && this.options.label !== '' && this.pulse === undefined) {
         this.pulse = startPulse({ connect: this.options.connect, label: this.options.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
       }
@@ -407,8 +446,9 @@ export class StageWorker {
 
   private onHeartbeat(): void {
     const config = this.config;
-    if (config === undefined || this.state !== 'running' || this.dealer === undefined) return;
-    if (Date.now() - this.lastHeard > config.heartbeatMs * config.liveness) {
+    if (config === undefined || this.state !== 'running') return;
+    // A proxy in this process (a port) cannot go silent without this thread going too.
+    if (this.dealer !== undefined && Date.now() - this.lastHeard > config.heartbeatMs * config.liveness) {
       // The proxy went silent: reconnect with a fresh socket and join again.
       this.logger.warn({ stage: this.stage.name }, 'proxy silent; rejoining');
       this.dealer.close();
