@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as zmq from 'zeromq';
 import type { Butterfly, ButterflyOptions } from '../dist/index.js';
 import { RequestData } from '../dist/index.js';
+import { Kind, RecordWriter, writeResponse } from '../dist/wire/index.js';
 import { daemon, fixture, request, start } from './helpers.js';
 
 let dir: string;
@@ -258,7 +259,7 @@ describe('cancellation', () => {
   });
 
   it('drops a queued request from the queue when its client goes away', async () => {
-    await using bf = await contract({ stage: { workers: 1, concurrency: 1 } });
+    await using bf = await contract({ stage: { workers: 1, concurrency: 1, prefetch: 0 } });
     const busy = markFile();
     const running = request(bf.port, `/sleep?ms=800&mark=${busy}`);
     await startedPid(busy);
@@ -267,6 +268,21 @@ describe('cancellation', () => {
     await waitFor('the second request to queue', () => bf.proxies[0]!.stats().queued === 1, 1000);
     req.destroy();
     await waitFor('the queue to empty', () => bf.proxies[0]!.stats().queued === 0, 1000);
+    expect((await running).status).toBe(200);
+    expect(bf.client.inFlight).toBe(0);
+  });
+
+  it("drops a request prefetched by a busy worker from that worker's window when its client goes away", async () => {
+    await using bf = await contract({ stage: { workers: 1, concurrency: 1, prefetch: 1 } });
+    const busy = markFile();
+    const running = request(bf.port, `/sleep?ms=800&mark=${busy}`);
+    await startedPid(busy);
+    const req = http.get({ host: '127.0.0.1', port: bf.port, path: '/pid' });
+    req.on('error', () => {});
+    await waitFor('the second request to wait at the worker', () => bf.proxies[0]!.stats().inFlight === 2, 1000);
+    expect(bf.proxies[0]!.stats().queued).toBe(0);
+    req.destroy();
+    await waitFor('the worker to give its credit back', () => bf.proxies[0]!.stats().inFlight === 1, 1000);
     expect((await running).status).toBe(200);
     expect(bf.client.inFlight).toBe(0);
   });
@@ -357,13 +373,11 @@ describe('garbage inside', () => {
       await toProxy.send(Buffer.from('definitely not a record'));
       await toLoopback.send(Buffer.from([1, 2, 3]));
       // A well-formed RESULT for an id nobody is waiting for.
-      const forged = Buffer.alloc(20 + 3);
-      forged[0] = 1;
-      forged[1] = 2;
-      forged.writeUInt32LE(12345, 4);
-      forged.writeUInt32LE(3, 16);
-      forged.writeUInt16LE(200, 20);
-      await toLoopback.send(forged);
+      const forged = new RecordWriter();
+      forged.begin(Kind.RESULT, 0, 0, 12345, 0);
+      writeResponse(forged, { status: 200, headers: [], body: Buffer.alloc(0) });
+      forged.end();
+      await toLoopback.send(forged.take());
       await waitFor('the proxy to count the garbage', () => bf.proxies[0]!.stats().undecodable === 1);
       await waitFor('the client to count the garbage', () => bf.client.undecodable === 1 && bf.client.unmatched === 1);
       expect((await request(bf.port, '/pid')).status).toBe(200);

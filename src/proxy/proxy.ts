@@ -207,9 +207,10 @@ export class Proxy {
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
     configureSocket(this.frontend, link);
-    configureSocket(this.backend, link);
+    configureSocket(this.backend, link, true);
     this.backend.mandatory = true;
-    this.toWorkers = new RouterOutbox(this.backend, this.logger, `stage ${o.name} backend`);
+    // Jobs that could not be sent to a worker are its to answer for: it is dropped like a dead one.
+    this.toWorkers = new RouterOutbox(this.backend, this.logger, `stage ${o.name} backend`, (key) => this.unreachable(key));
     if (o.localLoopback !== undefined) {
       this.toLoopback = new LocalOutbox(o.localLoopback, o.maxMessageBytes);
     } else {
@@ -624,6 +625,15 @@ export class Proxy {
     const worker = this.byLabel.get(label);
     if (worker === undefined || !worker.alive) return;
     this.expire(worker, 'exited');
+    this.refuseQueueIfNoWorker();
+    this.scheduleWorkers();
+    this.toLoopback.schedule();
+  }
+
+  private unreachable(key: string): void {
+    const worker = this.workers.get(key);
+    if (worker === undefined || !worker.alive) return;
+    this.expire(worker, 'unreachable');
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
     this.toLoopback.schedule();

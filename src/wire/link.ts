@@ -30,17 +30,24 @@ export const OUTBOX_BYTES = 16 * 1024 * 1024;
 /** How long a send may wait for a peer that takes nothing (stopped, or at its high-water mark), in ms; then its records are dropped. */
 export const SEND_TIMEOUT_MS = 1000;
 
-/** Applies the options every socket needs: no linger on close, bounded queues and sends, a bound on message size. */
-export function configureSocket(socket: zmq.Socket, options: LinkOptions): void {
+/**
+ * Applies the options every socket needs: no linger on close, bounded queues and sends, a
+ * bound on message size. `creditBound` is for the link between a proxy and its workers,
+ * where credit already bounds what is in flight (a worker is sent at most its window of
+ * jobs): there ZeroMQ's own queue is left unbounded, since a message it refused would be
+ * a job lost without a word.
+ */
+export function configureSocket(socket: zmq.Socket, options: LinkOptions, creditBound = false): void {
   socket.linger = 0;
   socket.maxMessageSize = options.maxMessageBytes;
+  const mark = creditBound ? 0 : SOCKET_HIGH_WATER_MARK;
   // Each socket class has the options of the directions it sends and receives in.
   const sides = socket as zmq.Socket & Partial<zmq.Writable> & Partial<zmq.Readable>;
   if ('sendHighWaterMark' in sides) {
-    sides.sendHighWaterMark = SOCKET_HIGH_WATER_MARK;
+    sides.sendHighWaterMark = mark;
     sides.sendTimeout = SEND_TIMEOUT_MS;
   }
-  if ('receiveHighWaterMark' in sides) sides.receiveHighWaterMark = SOCKET_HIGH_WATER_MARK;
+  if ('receiveHighWaterMark' in sides) sides.receiveHighWaterMark = mark;
 }
 
 /**
@@ -217,10 +224,12 @@ export class RouterOutbox {
   private sending = false;
   private readonly flushBound = (): void => void this.flush();
 
+  /** @param onFailed told the key of a peer whose records could not be sent (it is gone or takes nothing). */
   constructor(
     private readonly socket: zmq.Router,
     private readonly logger: LinkLogger,
     private readonly name: string,
+    private readonly onFailed?: (key: string) => void,
   ) {}
 
   /** The writer for a peer; records written to it go out at the end of the turn. */
@@ -279,7 +288,10 @@ export class RouterOutbox {
           try {
             for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send([peer.identity, piece]);
           } catch (err) {
-            if (!this.socket.closed) this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');
+            if (!this.socket.closed) {
+              this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');
+              this.onFailed?.(key);
+            }
           }
         }
       }

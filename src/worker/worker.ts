@@ -237,7 +237,7 @@ export class StageWorker {
 
   private newDealer(): zmq.Dealer {
     const dealer = new zmq.Dealer();
-    configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes });
+    configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes }, true);
     dealer.connect(this.options.connect);
     this.loops.push(receiveEach(dealer, (f) => this.onProxy(f[0]), this.logger, 'proxy'));
     return dealer;

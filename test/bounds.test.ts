@@ -1,0 +1,247 @@
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type Daemon, daemon, fixture, request, start } from './helpers.js';
+import { Procs, portOf } from './split-helpers.js';
+
+/**
+ * Bounded memory and exactly-once delivery with parts of the pipeline stopped or leaving,
+ * against real processes: workers and proxies are stopped with SIGSTOP under load.
+ */
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'bf-bounds-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const procs = new Procs();
+const daemons: Daemon[] = [];
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    for (const pid of descendants(d.child.pid!)) signal(pid, 'SIGCONT');
+    d.child.kill('SIGKILL');
+    await d.exited;
+  }
+  await procs.killAll();
+});
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+/** Every live process below `root`, found through the ppid field of /proc/<pid>/stat. */
+function descendants(root: number): number[] {
+  const parent = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      parent.set(pid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // exited while listed
+    }
+  }
+  const out: number[] = [];
+  const pending = [root];
+  while (pending.length > 0) {
+    const p = pending.pop()!;
+    for (const [pid, ppid] of parent) {
+      if (ppid === p) {
+        out.push(pid);
+        pending.push(pid);
+      }
+    }
+  }
+  return out;
+}
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Resident memory of a process, in MiB. */
+function rssMiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+  return Number(m?.[1] ?? 0) / 1024;
+}
+
+const fresh = new http.Agent({ keepAlive: true, maxSockets: 32 });
+
+/** A POST of `body` bytes; resolves with the status, the time it took and whether the body came back intact. */
+function post(port: number, path: string, body: Buffer): Promise<{ status: number; ms: number; intact: boolean }> {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent: fresh, headers: { 'content-length': String(body.length) } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: Date.now() - started, intact: Buffer.concat(chunks).equals(body) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** `connections` loops of POSTs until `durationMs` has passed; every answer. */
+async function load(port: number, body: Buffer, connections: number, durationMs: number): Promise<{ status: number; ms: number; intact: boolean }[]> {
+  const until = Date.now() + durationMs;
+  const answers: { status: number; ms: number; intact: boolean }[] = [];
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      while (Date.now() < until) answers.push(await post(port, '/echo', body));
+    }),
+  );
+  return answers;
+}
+
+function echoPipeline(): string {
+  const file = join(dir, `echo-${Date.now()}-${Math.random()}.json`);
+  writeFileSync(file, JSON.stringify({ stages: [{ module: fixture('pass-body.js') }, { module: fixture('answer-body.js') }] }));
+  return file;
+}
+
+const BODY = Buffer.alloc(256 * 1024, 7);
+const TIMEOUT_MS = 1500;
+
+describe('a stopped stage under load', () => {
+  it('refuses or times out every request in time with stage-2 workers stopped, memory stays bounded, and serves again after SIGCONT', async () => {
+    const d = await daemon(['--port', '0', '--workers', '2', '--transport', 'process', '--pipeline', echoPipeline(), '--max-queue', '8', '--request-timeout', String(TIMEOUT_MS)]);
+    daemons.push(d);
+    const front = d.child.pid!;
+    const warm = await load(d.port, BODY, 8, 1000);
+    expect(warm.every((a) => a.status === 200 && a.intact)).toBe(true);
+    const workers = descendants(front);
+    const stageTwo = workers.filter((pid) => cmdline(pid).includes('answer-body'));
+    const stageOne = workers.filter((pid) => cmdline(pid).includes('pass-body'));
+    expect(stageTwo).toHaveLength(2);
+    expect(stageOne).toHaveLength(2);
+    const before = [front, ...stageOne].map(rssMiB);
+    for (const pid of stageTwo) process.kill(pid, 'SIGSTOP');
+
+    const stopped = await load(d.port, BODY, 16, 3000);
+    const after = [front, ...stageOne].map(rssMiB);
+    expect(stopped.length).toBeGreaterThan(16);
+    for (const a of stopped) {
+      expect([503, 504]).toContain(a.status);
+      expect(a.ms).toBeLessThan(TIMEOUT_MS + 1000);
+    }
+    // 16 clients sending 256 KiB each: what waits is bounded by the queue, the windows and the socket marks.
+    after.forEach((mib, i) => expect(mib - before[i]!, `process ${i} grew from ${before[i]} MiB to ${mib} MiB`).toBeLessThan(96));
+
+    for (const pid of stageTwo) process.kill(pid, 'SIGCONT');
+    const resumed = await load(d.port, BODY, 8, 1500);
+    expect(resumed.length).toBeGreaterThan(8);
+    // Jobs queued while stopped may still be answered late: only the last ones must all succeed.
+    expect(resumed.slice(-8).every((a) => a.status === 200 && a.intact)).toBe(true);
+  });
+
+  it('refuses or times out every request in time with the stage-2 proxy stopped (split mode), and serves again after SIGCONT', async () => {
+    const folder = mkdtempSync(join(dir, 'split-'));
+    const addr = (name: string): string => `ipc://${join(folder, name)}`;
+    const server = procs.start('server', ['server', '--port', '0', '--loopback', addr('loopback'), '--stages', `${addr('stage-0')},${addr('stage-1')}`, '--request-timeout', String(TIMEOUT_MS)]);
+    const proxies = [
+      procs.start('proxy 0', ['proxy', '--stage-index', '0', '--frontend', addr('stage-0'), '--backend', addr('workers-0'), '--next', addr('stage-1'), '--loopback', addr('loopback'), '--max-queue', '8']),
+      procs.start('proxy 1', ['proxy', '--stage-index', '1', '--frontend', addr('stage-1'), '--backend', addr('workers-1'), '--loopback', addr('loopback'), '--max-queue', '8']),
+    ];
+    const port = await portOf(server, 'listening');
+    await Promise.all(proxies.map((p) => p.waitFor((l) => l.msg === 'proxy started')));
+    const stageOne = procs.start('pass pool', ['worker', '--stage', fileURLToPath(fixture('pass-body.js')), '--connect', addr('workers-0'), '--workers', '2']);
+    const stageTwo = procs.start('answer pool', ['worker', '--stage', fileURLToPath(fixture('answer-body.js')), '--connect', addr('workers-1'), '--workers', '2']);
+    await Promise.all([stageOne, stageTwo].map((p) => p.waitFor((l) => l.msg === 'worker pool started')));
+    const warm = await load(port, BODY, 8, 1000);
+    expect(warm.every((a) => a.status === 200 && a.intact)).toBe(true);
+
+    const watched = [server.child.pid!, ...descendants(stageOne.child.pid!)];
+    const before = watched.map(rssMiB);
+    process.kill(proxies[1]!.child.pid!, 'SIGSTOP');
+    const stopped = await load(port, BODY, 16, 3000);
+    const after = watched.map(rssMiB);
+    expect(stopped.length).toBeGreaterThan(16);
+    for (const a of stopped) {
+      expect([503, 504]).toContain(a.status);
+      expect(a.ms).toBeLessThan(TIMEOUT_MS + 1000);
+    }
+    after.forEach((mib, i) => expect(mib - before[i]!, `process ${i} grew from ${before[i]} MiB to ${mib} MiB`).toBeLessThan(96));
+
+    process.kill(proxies[1]!.child.pid!, 'SIGCONT');
+    const resumed = await load(port, BODY, 8, 2000);
+    expect(resumed.slice(-8).every((a) => a.status === 200 && a.intact)).toBe(true);
+  });
+});
+
+describe('workers leaving and clients going away', () => {
+  it('runs every job exactly once while workers holding prefetched jobs are replaced under load', async () => {
+    for (const transport of ['thread', 'process'] as const) {
+      await using bf = await start({ transport, workers: 2, pipeline: { stages: [{ module: fixture('ledger-stage.js') }] } });
+      const ledger = join(dir, `ledger-${transport}`);
+      writeFileSync(ledger, '');
+      const requests = Array.from({ length: 60 }, (_, n) => request(bf.port, `/?n=${n}&ms=20&ledger=${encodeURIComponent(ledger)}`));
+      await bf.pools[0]!.rollingRestart();
+      const answers = await Promise.all(requests);
+      expect(answers.map((a) => a.status)).toEqual(new Array(60).fill(200));
+      expect(answers.map((a) => JSON.parse(a.body).n)).toEqual(Array.from({ length: 60 }, (_, n) => n));
+      const ran = readFileSync(ledger, 'utf8').trim().split('\n').map((line) => Number(line.split(' ')[0]));
+      expect(ran.sort((a, b) => a - b), transport).toEqual(Array.from({ length: 60 }, (_, n) => n));
+      // The workers that left ran some jobs and handed others on: more than one worker ran jobs.
+      const runners = new Set(readFileSync(ledger, 'utf8').trim().split('\n').map((line) => line.split(' ')[1]));
+      expect(runners.size, transport).toBeGreaterThan(2);
+    }
+  });
+
+  it('keeps an idle thread worker joined beyond its liveness', async () => {
+    await using bf = await start({ workers: 2, heartbeatMs: 50, liveness: 2, pipeline: { stages: [{ module: fixture('echo-stage.js') }] } });
+    // Ten liveness windows with no job: a worker that did not heartbeat would be dropped in one.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(bf.proxies[0]!.stats().workers).toBe(2);
+    expect((await request(bf.port, '/')).status).toBe(200);
+  });
+
+  it('keeps memory and capacity bounded through a storm of cancelled 1 MiB requests', async () => {
+    const d = await daemon(['--port', '0', '--workers', '2', '--pipeline', echoPipeline()]);
+    daemons.push(d);
+    const big = Buffer.alloc(1024 * 1024, 3);
+    expect((await post(d.port, '/echo', big)).intact).toBe(true);
+    // Each client sends a whole 1 MiB request and leaves before the answer.
+    const storm = async (rounds: number): Promise<void> => {
+      for (let round = 0; round < rounds; round++) {
+        await Promise.all(
+          Array.from({ length: 16 }, () =>
+            new Promise<void>((resolve) => {
+              const req = http.request({ host: '127.0.0.1', port: d.port, path: '/echo', method: 'POST', agent: false, headers: { 'content-length': String(big.length) } });
+              req.on('error', () => resolve());
+              req.on('response', () => resolve());
+              req.on('close', () => resolve());
+              req.end(big, () => req.destroy());
+            }),
+          ),
+        );
+      }
+    };
+    // The allocators settle at a working size over the first rounds; after that, more of the
+    // same must not cost more memory.
+    await storm(30);
+    const settled = rssMiB(d.child.pid!);
+    await storm(30);
+    const grown = rssMiB(d.child.pid!);
+    expect(grown - settled, `RSS ${settled} MiB after 480 cancelled requests, ${grown} MiB after 960`).toBeLessThan(48);
+    expect(grown).toBeLessThan(640);
+    const answers = await load(d.port, big, 4, 1000);
+    expect(answers.length).toBeGreaterThan(4);
+    expect(answers.every((a) => a.status === 200 && a.intact)).toBe(true);
+  });
+});
