@@ -7,6 +7,7 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   Flag,
   Kind,
+  LARGE_RECORD_BYTES,
   LocalOutbox,
   Outbox,
   PortOutbox,
@@ -17,6 +18,7 @@ import {
   readReturned,
   receiveEach,
   receivePort,
+  restamp,
   writeError,
   writeWelcome,
   type RecordSink,
@@ -65,8 +67,11 @@ export interface ProxyOptions {
    * workers attached by port, go to this function instead of the `loopback` socket.
    */
   localLoopback: ((records: WireRecord[]) => void) | undefined;
-  /** In-process delivery of the next-stage jobs of workers attached by port (embedded mode). */
-  localNext: ((records: WireRecord[]) => void) | undefined;
+  /**
+   * In-process delivery of the next-stage jobs of workers attached by port (embedded
+   * mode); `frame` is the message the records came in when nothing else holds it.
+   */
+  localNext: ((records: WireRecord[], frame: Buffer | undefined) => void) | undefined;
   logger: Logger;
 }
 
@@ -85,13 +90,22 @@ export const PROXY_DEFAULTS = Object.freeze({
   logger: silentLogger,
 });
 
+const EMPTY = Buffer.alloc(0);
+
 type Required = 'stage' | 'name' | 'frontend' | 'backend' | 'next' | 'loopback';
 
 interface Job extends Linked<Job> {
   readonly id: number;
   flags: number;
   readonly deadline: number;
-  readonly payload: Buffer;
+  payload: Buffer;
+  /** The message holding this job alone, for a large job: passed on whole instead of copied. */
+  frame: Buffer | undefined;
+  /**
+   * Its bytes were moved to a worker thread: only that worker has them, and gives them
+   * back if it leaves without starting the job. Jobs of idempotent stages are never moved.
+   */
+  moved: boolean;
   /** `performance.now()` when last sent to a worker, for the stage-time histogram. */
   dispatchedAt: number;
 }
@@ -99,6 +113,8 @@ interface Job extends Linked<Job> {
 /** How the proxy writes to one worker: a ZeroMQ peer of its backend, or a worker thread's port. */
 interface WorkerLink {
   writer(): RecordWriter;
+  /** Returns true when the bytes were moved to the worker's thread. */
+  sendAlone(frame: Buffer, move: boolean): boolean;
   schedule(): void;
   forget(): void;
 }
@@ -262,6 +278,7 @@ export class Proxy {
         this.dirtyPorts.add(outbox);
         return outbox.writer;
       },
+      sendAlone: (frame, move) => outbox.sendAlone(frame, move),
       schedule: () => this.scheduleWorkers(),
       // The port stays open until its thread ends: the BYE that releases a leaving worker must reach it.
       forget: () => {
@@ -320,12 +337,14 @@ export class Proxy {
 
   /**
    * Takes jobs and cancels for this stage from a sender in this process, as if they had
-   * come in on the frontend socket.
+   * come in on the frontend socket. `frame` is the message they came in, when nothing
+   * else holds it: a large job alone in its message is then passed on without a copy.
    */
-  acceptRecords(records: WireRecord[]): void {
+  acceptRecords(records: WireRecord[], frame?: Buffer): void {
     if (this.state !== 'running') return;
+    const alone = records.length === 1 && frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
     for (const r of records) {
-      if (r.kind === Kind.JOB) this.accept(r);
+      if (r.kind === Kind.JOB) this.accept(r, alone);
       else if (r.kind === Kind.CANCEL) this.cancel(r.id);
     }
     this.scheduleWorkers();
@@ -334,12 +353,12 @@ export class Proxy {
 
   private onFrontend(frames: Buffer[]): void {
     const records = this.decode(frames[0], 'frontend');
-    if (records !== undefined) this.acceptRecords(records);
+    if (records !== undefined) this.acceptRecords(records, frames[0]);
   }
 
-  private accept(r: WireRecord): void {
+  private accept(r: WireRecord, frame: Buffer | undefined): void {
     this.accepted++;
-    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, dispatchedAt: 0, prev: undefined, next: undefined, listed: false };
+    const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, frame, moved: false, dispatchedAt: 0, prev: undefined, next: undefined, listed: false };
     if (this.queue.size === 0 && this.dispatch(job)) return;
     if (this.liveCount === 0) {
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
@@ -380,10 +399,20 @@ export class Proxy {
       worker.jobs.set(job.id, job);
       job.dispatchedAt = performance.now();
       this.assigned.set(job.id, worker);
-      const w = worker.link.writer();
-      w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
-      w.bytes(job.payload);
-      w.end();
+      if (job.frame !== undefined) {
+        restamp(job.frame, job.flags, this.options.stage);
+        // An idempotent stage may have to send the job again: it keeps the bytes.
+        if (worker.link.sendAlone(job.frame, !this.options.idempotent)) {
+          job.moved = true;
+          job.frame = undefined;
+          job.payload = EMPTY;
+        }
+      } else {
+        const w = worker.link.writer();
+        w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
+        w.bytes(job.payload);
+        w.end();
+      }
       if (worker.credit > 0) this.readyWorkers.push(worker);
       else worker.ready = false;
       return true;
@@ -435,6 +464,10 @@ export class Proxy {
     const key = identity.toString('hex');
     const link: WorkerLink = {
       writer: () => this.toWorkers.writerFor(key, identity),
+      sendAlone: (frame) => {
+        this.toWorkers.sendAlone(key, identity, frame);
+        return false;
+      },
       schedule: () => this.toWorkers.schedule(),
       forget: () => this.toWorkers.release(key),
     };
@@ -466,6 +499,11 @@ export class Proxy {
         (answers ??= []).push(r);
         continue;
       }
+      if (viaPort && r.kind === Kind.JOB && r.stage === this.options.stage) {
+        // A leaving worker gives back the bytes of a moved job it never started.
+        this.restore(worker, r, records.length === 1 ? frame : undefined);
+        continue;
+      }
       if (viaPort && r.kind === Kind.JOB) {
         (jobs ??= []).push(r);
         continue;
@@ -487,7 +525,7 @@ export class Proxy {
       else if (r.kind === Kind.BYE) this.leave(worker, r);
     }
     if (answers !== undefined) this.options.localLoopback?.(answers);
-    if (jobs !== undefined) this.options.localNext?.(jobs);
+    if (jobs !== undefined) this.options.localNext?.(jobs, records.length === 1 ? frame : undefined);
     this.drainQueue();
     this.scheduleWorkers();
     this.toLoopback.schedule();
@@ -555,6 +593,14 @@ export class Proxy {
     return worker;
   }
 
+  private restore(worker: WorkerEntry | undefined, r: WireRecord, frame: Buffer | undefined): void {
+    const job = worker?.jobs.get(r.id);
+    if (job === undefined || !job.moved) return;
+    job.moved = false;
+    job.payload = r.payload;
+    job.frame = frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
+  }
+
   /** Forgets a job a worker held, keeping the prefetch count right. */
   private release(worker: WorkerEntry, job: Job): void {
     if (worker.jobs.size > worker.concurrency) this.prefetched--;
@@ -600,7 +646,8 @@ export class Proxy {
       const job = worker.jobs.get(returned[i]!);
       if (job === undefined) continue;
       this.release(worker, job);
-      this.enqueue(job, true);
+      if (job.moved) this.refuse(job, 'BF_ERR_WORKER_DIED', `a worker of stage ${this.options.name} left with a job`);
+      else this.enqueue(job, true);
     }
     this.logger.info({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, returned: returned.length }, 'worker leaving');
     if (worker.jobs.size === 0) this.remove(worker);

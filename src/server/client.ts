@@ -4,7 +4,10 @@ import { type Logger, silentLogger } from '../logger.js';
 import { endpoint, integerIn, withDefaults } from '../options.js';
 import {
   Kind,
+  LARGE_RECORD_BYTES,
   LocalOutbox,
+  RecordWriter,
+  RequestData,
   MAX_ID_PREFIX,
   Outbox,
   configureSocket,
@@ -164,7 +167,9 @@ export class PipelineClient {
     this.idCounter = (this.idCounter + 1) >>> 0;
     const id = this.idPrefix * TWO_32 + this.idCounter;
     const deadline = Date.now() + this.options.requestTimeoutMs;
-    const w = outbox.writer;
+    // A large request travels in a message of its own, which is passed on, not copied.
+    const large = payload instanceof RequestData && payload.body.length >= LARGE_RECORD_BYTES;
+    const w = large ? new RecordWriter(payload.body.length + 16 * 1024) : outbox.writer;
     w.begin(Kind.JOB, 0, 0, id, deadline);
     try {
       writeValue(w, payload);
@@ -174,7 +179,8 @@ export class PipelineClient {
     }
     w.end();
     this.pending.set(id, { id, deadline, onAnswer });
-    outbox.schedule();
+    if (large) outbox.sendAlone(w.take());
+    else outbox.schedule();
     return id;
   }
 

@@ -31,6 +31,12 @@ const TWO_32 = 0x100000000;
 /** Batches below this size are copied out by `takeOwned`; larger ones are handed over. */
 const OWNED_COPY_LIMIT = 64 * 1024;
 
+/**
+ * A record with a payload this large (bytes) travels in a message of its own, so that its
+ * bytes are handed from thread to thread (moved, not copied) and never copied into a batch.
+ */
+export const LARGE_RECORD_BYTES = 64 * 1024;
+
 /** What a record is. */
 export const Kind = Object.freeze({
   /** A request on its way to a stage: payload is a value (see `writeValue`). */
@@ -149,20 +155,24 @@ export function splitFrame(frame: Buffer, maxBytes: number): Buffer[] {
   return pieces;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /**
  * Builds one batch of records in a growing buffer. `take()` hands the bytes over and
  * starts a fresh buffer, so a batch that is being sent is never written again.
  */
 export class RecordWriter {
-  private buf: Buffer;
+  private buf: Buffer = EMPTY;
   private len = 0;
   private recordStart = -1;
   private readonly initialSize: number;
 
-  /** @param initialSize first buffer size in bytes; the buffer doubles as needed. */
+  /**
+   * @param initialSize first buffer size in bytes (allocated on the first write); the
+   * buffer doubles as needed.
+   */
   constructor(initialSize = 16 * 1024) {
     this.initialSize = initialSize;
-    this.buf = Buffer.allocUnsafeSlow(initialSize);
   }
 
   /** Bytes written so far in this batch. */
@@ -293,7 +303,10 @@ export class RecordWriter {
   /** Returns the batch written so far and starts an empty one. */
   take(): Buffer {
     const out = this.buf.subarray(0, this.len);
-    this.buf = Buffer.allocUnsafeSlow(Math.max(this.initialSize, Math.min(this.len, 1 << 20)));
+    // The next buffer is made on the next write, at the initial size: a large record gets a
+    // buffer of its own size when it comes (fresh memory is costly: each page of it faults
+    // in when first written).
+    this.buf = EMPTY;
     this.len = 0;
     this.records = 0;
     return out;
@@ -302,12 +315,23 @@ export class RecordWriter {
   private ensure(extra: number): void {
     const need = this.len + extra;
     if (need <= this.buf.length) return;
-    let size = this.buf.length * 2;
+    let size = Math.max(this.initialSize, this.buf.length * 2);
     while (size < need) size *= 2;
+    // Past the large-record size, grow to what is needed and a little room, not to the next power of two.
+    if (size > LARGE_RECORD_BYTES) size = (need + this.initialSize + 4095) & ~4095;
     const next = Buffer.allocUnsafeSlow(size);
     this.buf.copy(next, 0, 0, this.len);
     this.buf = next;
   }
+}
+
+/**
+ * Rewrites the flags and stage of the record that a message holds alone, in place: a
+ * proxy passing on a large job's message uses it instead of copying the job.
+ */
+export function restamp(frame: Buffer, flags: number, stage: number): void {
+  frame[2] = flags;
+  frame[3] = stage;
 }
 
 /** Reads a payload field by field; every read is bounds-checked and throws `WireError`. */

@@ -61,6 +61,13 @@ export interface RecordSink {
   schedule(): void;
   /** Sends what has been written now (a ZeroMQ socket busy with a send takes it when that ends). */
   flush(): void;
+  /**
+   * Sends a message built elsewhere (one large record, see `LARGE_RECORD_BYTES`) as a
+   * message of its own, after everything written before, without copying it into the
+   * batch. With `move`, a port hands the bytes to the other thread (they are gone from
+   * this one) instead of copying them.
+   */
+  sendAlone(frame: Buffer, move?: boolean): boolean | void;
   /** True while the unsent bytes are over the sink's bound: refuse new work instead of writing more. */
   readonly full: boolean;
 }
@@ -81,6 +88,9 @@ function maxMessage(socket: zmq.Socket): number {
 export class Outbox implements RecordSink {
   /** Where records for the next message are written. */
   readonly writer = new RecordWriter();
+  /** Messages waiting to be sent before what the writer holds: earlier batches and `sendAlone`'s. */
+  private readonly queued: Buffer[] = [];
+  private queuedBytes = 0;
   private scheduled = false;
   private sending = false;
   /** Records dropped because their send failed or timed out, since start. */
@@ -110,21 +120,38 @@ export class Outbox implements RecordSink {
     void this.send();
   }
 
+  sendAlone(frame: Buffer): void {
+    if (this.writer.length > 0) this.enqueue(this.writer.take());
+    this.enqueue(frame);
+    this.schedule();
+  }
+
+  private enqueue(frame: Buffer): void {
+    this.queued.push(frame);
+    this.queuedBytes += frame.length;
+  }
+
   get full(): boolean {
-    return this.writer.length >= this.maxBytes;
+    return this.writer.length + this.queuedBytes >= this.maxBytes;
   }
 
   /** True while nothing is written and nothing is being sent. */
   get idle(): boolean {
-    return !this.sending && this.writer.length === 0;
+    return !this.sending && this.writer.length === 0 && this.queued.length === 0;
   }
 
   private async send(): Promise<void> {
     this.scheduled = false;
     if (this.sending) return;
-    while (this.writer.length > 0 && !this.socket.closed) {
-      const records = this.writer.records;
-      const frame = this.writer.take();
+    while ((this.queued.length > 0 || this.writer.length > 0) && !this.socket.closed) {
+      let frame = this.queued.shift();
+      let records = 1;
+      if (frame !== undefined) {
+        this.queuedBytes -= frame.length;
+      } else {
+        records = this.writer.records;
+        frame = this.writer.take();
+      }
       this.sending = true;
       try {
         for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send(piece);
@@ -161,7 +188,23 @@ export class PortOutbox implements RecordSink {
     this.scheduled = false;
     if (this.writer.length === 0) return;
     const frame = this.writer.takeOwned();
-    this.port.postMessage(frame, [frame.buffer as ArrayBuffer]);
+    this.port.postMessage(frame, frame.buffer instanceof SharedArrayBuffer ? [] : [frame.buffer as ArrayBuffer]);
+  }
+
+  /** @returns true when the bytes were moved to the other thread (they are gone from this one). */
+  sendAlone(frame: Buffer, move = false): boolean {
+    this.flush();
+    if (move) {
+      try {
+        this.port.postMessage(frame, [frame.buffer as ArrayBuffer]);
+        return true;
+      } catch {
+        // Memory owned by a native library (a received ZeroMQ message) cannot be moved: copy it.
+      }
+    }
+    const copy = new Uint8Array(frame);
+    this.port.postMessage(copy, [copy.buffer]);
+    return false;
   }
 
   get full(): boolean {
@@ -190,8 +233,9 @@ export class LocalOutbox implements RecordSink {
   private scheduled = false;
   private readonly flushBound = (): void => this.flush();
 
+  /** @param receive gets each message's records, and the message itself (no other holds it). */
   constructor(
-    private readonly receive: (records: WireRecord[]) => void,
+    private readonly receive: (records: WireRecord[], frame: Buffer) => void,
     private readonly maxBytes: number,
   ) {}
 
@@ -204,7 +248,13 @@ export class LocalOutbox implements RecordSink {
   flush(): void {
     this.scheduled = false;
     if (this.writer.length === 0) return;
-    this.receive(decodeRecords(this.writer.take()));
+    const frame = this.writer.take();
+    this.receive(decodeRecords(frame), frame);
+  }
+
+  sendAlone(frame: Buffer): void {
+    this.flush();
+    this.receive(decodeRecords(frame), frame);
   }
 
   get full(): boolean {
@@ -217,7 +267,7 @@ export class LocalOutbox implements RecordSink {
  * sent one at a time.
  */
 export class RouterOutbox {
-  private readonly peers = new Map<string, { readonly identity: Buffer; readonly writer: RecordWriter }>();
+  private readonly peers = new Map<string, { readonly identity: Buffer; readonly writer: RecordWriter; readonly queued: Buffer[] }>();
   private readonly dirty = new Set<string>();
   private readonly strangers = new Set<string>();
   private scheduled = false;
@@ -236,7 +286,7 @@ export class RouterOutbox {
   writerFor(key: string, identity: Buffer): RecordWriter {
     let peer = this.peers.get(key);
     if (peer === undefined) {
-      peer = { identity, writer: new RecordWriter(4096) };
+      peer = { identity, writer: new RecordWriter(4096), queued: [] };
       this.peers.set(key, peer);
     }
     this.dirty.add(key);
@@ -252,10 +302,18 @@ export class RouterOutbox {
     return this.writerFor(key, identity);
   }
 
+  /** Sends a message built elsewhere to a peer, on its own, after what is written to it so far. */
+  sendAlone(key: string, identity: Buffer, frame: Buffer): void {
+    const writer = this.writerFor(key, identity);
+    const peer = this.peers.get(key)!;
+    if (writer.length > 0) peer.queued.push(writer.take());
+    peer.queued.push(frame);
+  }
+
   /** Forgets a peer once what is written to it has been sent. */
   release(key: string): void {
     const peer = this.peers.get(key);
-    if (peer !== undefined && peer.writer.length > 0) this.strangers.add(key);
+    if (peer !== undefined && (peer.writer.length > 0 || peer.queued.length > 0)) this.strangers.add(key);
     else this.forget(key);
   }
 
@@ -281,12 +339,15 @@ export class RouterOutbox {
         for (const key of this.dirty) {
           this.dirty.delete(key);
           const peer = this.peers.get(key);
-          if (peer === undefined || peer.writer.length === 0) continue;
-          const records = peer.writer.records;
-          const frame = peer.writer.take();
+          if (peer === undefined || (peer.writer.length === 0 && peer.queued.length === 0)) continue;
+          const records = peer.writer.records + peer.queued.length;
+          if (peer.writer.length > 0) peer.queued.push(peer.writer.take());
+          const frames = peer.queued.splice(0);
           if (this.strangers.delete(key)) this.peers.delete(key);
           try {
-            for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send([peer.identity, piece]);
+            for (const frame of frames) {
+              for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send([peer.identity, piece]);
+            }
           } catch (err) {
             if (!this.socket.closed) {
               this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');

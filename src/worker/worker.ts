@@ -7,6 +7,7 @@ import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type S
 import {
   Flag,
   Kind,
+  LARGE_RECORD_BYTES,
   MAX_WORKER_SLOTS,
   Outbox,
   PortOutbox,
@@ -24,7 +25,7 @@ import {
   writeValue,
   type KindValue,
   type RecordSink,
-  type RecordWriter,
+  RecordWriter,
   type Value,
   type WelcomeConfig,
   type WireRecord,
@@ -142,6 +143,8 @@ export class StageWorker {
   private readonly inbox: (WireRecord | undefined)[] = [];
   private inboxHead = 0;
   private waiting = 0;
+  /** Messages of large jobs moved to this thread and not started: given back if the worker leaves. */
+  private readonly movedIn = new Map<number, Buffer>();
   private pumpScheduled = false;
   /** Jobs timed so far, and the time they held the thread, until the heavy verdict. */
   private timedJobs = 0;
@@ -200,7 +203,7 @@ export class StageWorker {
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
-    this.bye(this.takeWaiting());
+    this.bye(this.takeWaiting(true));
     if (this.config !== undefined) {
       // The proxy forgets a leaving worker once every job it gave it is done or returned,
       // and then sends BYE: that releases this worker. A worker idle after its last DONE
@@ -261,17 +264,30 @@ export class StageWorker {
     this.toProxy.schedule();
   }
 
-  /** Empties the inbox, returning the ids of the jobs that were waiting there. */
-  private takeWaiting(): number[] {
+  /**
+   * Empties the inbox, returning the ids of the jobs that were waiting there; with
+   * `giveBack`, the bytes of moved jobs go back to the proxy first (it has no copy).
+   */
+  private takeWaiting(giveBack = false): number[] {
     const ids: number[] = [];
     for (let i = this.inboxHead; i < this.inbox.length; i++) {
       const r = this.inbox[i];
-      if (r !== undefined) ids.push(r.id);
+      if (r === undefined) continue;
+      ids.push(r.id);
+      if (giveBack) this.giveBack(r.id);
     }
     this.inbox.length = 0;
     this.inboxHead = 0;
     this.waiting = 0;
+    this.movedIn.clear();
     return ids;
+  }
+
+  private giveBack(id: number): void {
+    const frame = this.movedIn.get(id);
+    if (frame === undefined) return;
+    this.movedIn.delete(id);
+    this.toProxy.sendAlone(frame, true);
   }
 
   private async shut(): Promise<void> {
@@ -305,12 +321,17 @@ export class StageWorker {
       return;
     }
     let returned: number[] | undefined;
+    // A large job comes alone in its message, moved here from the proxy's thread.
+    const moved = this.options.port !== undefined && records.length === 1 && frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
     for (const r of records) {
       switch (r.kind) {
         case Kind.JOB:
+          if (moved !== undefined) this.movedIn.set(r.id, moved);
           // A job sent before the proxy read this worker's BYE goes back, unstarted.
-          if (this.state === 'draining' || this.state === 'closed') (returned ??= []).push(r.id);
-          else {
+          if (this.state === 'draining' || this.state === 'closed') {
+            (returned ??= []).push(r.id);
+            this.giveBack(r.id);
+          } else {
             this.inbox.push(r);
             this.waiting++;
           }
@@ -464,6 +485,7 @@ export class StageWorker {
   }
 
   private run(r: WireRecord): void {
+    if (this.movedIn.size > 0) this.movedIn.delete(r.id);
     const now = Date.now();
     if (r.deadline !== 0 && r.deadline <= now) {
       // The front end has answered 504 already.
@@ -523,7 +545,8 @@ export class StageWorker {
       }
       const payload = outcome.payload;
       const value = (payload instanceof HttpRequest ? payload.data : payload) as Value;
-      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value))) this.done(job);
+      const size = Buffer.isBuffer(value) ? value.length : value instanceof RequestData ? value.body.length : 0;
+      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value), size)) this.done(job);
       return;
     }
     let reply: Reply;
@@ -533,15 +556,18 @@ export class StageWorker {
       this.fail(job, err);
       return;
     }
-    if (this.emit(this.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply))) this.done(job);
+    if (this.emit(this.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length)) this.done(job);
   }
 
   /**
    * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
    * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
+   * A record with `size` or more bytes of body (`LARGE_RECORD_BYTES`) goes in a message of
+   * its own, whose bytes are moved, not copied, to a thread of this process.
    */
-  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void): boolean {
-    const w = outbox.writer;
+  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number): boolean {
+    const alone = size >= LARGE_RECORD_BYTES;
+    const w = alone ? new RecordWriter(size + 16 * 1024) : outbox.writer;
     w.begin(kind, kind === Kind.JOB ? job.flags : 0, stage, job.id, job.requestDeadline);
     try {
       write(w);
@@ -551,6 +577,7 @@ export class StageWorker {
       return false;
     }
     w.end();
+    if (alone) outbox.sendAlone(w.take(), true);
     return true;
   }
 
@@ -642,6 +669,7 @@ export class StageWorker {
         // Not started: answer nothing (the client is gone), just free the slot.
         this.inbox[i] = undefined;
         this.waiting--;
+        this.movedIn.delete(id);
         this.toProxy.writer.empty(Kind.DONE, r.stage, id);
         return;
       }
