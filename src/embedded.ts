@@ -9,7 +9,7 @@ import { integerIn, nonEmptyString, oneOf, withDefaults } from './options.js';
 import { Proxy } from './proxy/index.js';
 import { ButterflyServer, PipelineClient, SERVER_DEFAULTS, type EngineName, type ServerOptions } from './server/index.js';
 import { type PipelineDescription, type WorkerTransport, importStage, isPrimePipeline, validatePipeline } from './stages/index.js';
-import { MAX_WORKER_NICE, WorkerPool } from './worker/index.js';
+import { WorkerPool } from './worker/index.js';
 
 /** Options of a whole pipeline in one command: front end, proxies and worker pools. */
 export interface ButterflyOptions {
@@ -45,12 +45,6 @@ export interface ButterflyOptions {
   server: Partial<Omit<ServerOptions, 'client' | 'host' | 'port' | 'engine' | 'healthPath' | 'logger'>>;
   /** pino level for worker threads and processes. Default `info`. */
   workerLogLevel: string;
-  /**
-   * Added to every worker's nice value (0 to 19): stage work yields the cores to the front
-   * end and the proxies, which then hand out jobs without waiting for a time slice.
-   * Default 10.
-   */
-  workerNice: number;
   /**
    * Largest ZeroMQ message on every socket, in bytes (a message carries the records of one
    * event-loop turn). A peer that sends a larger one is disconnected. Default 64 MiB; at
@@ -89,7 +83,6 @@ export const BUTTERFLY_DEFAULTS = Object.freeze({
   drainTimeoutMs: 10_000,
   server: {},
   workerLogLevel: 'info',
-  workerNice: 10,
   maxMessageBytes: 64 * 1024 * 1024,
   adminPort: undefined,
   adminHost: '127.0.0.1',
@@ -140,7 +133,6 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
   const pipeline = validatePipeline(o.pipeline, process.cwd());
   integerIn('workers', o.workers, 1, 256);
   oneOf('transport', o.transport, ['thread', 'process']);
-  integerIn('workerNice', o.workerNice, 0, MAX_WORKER_NICE);
   integerIn('requestTimeoutMs', o.requestTimeoutMs, 1);
   integerIn('drainTimeoutMs', o.drainTimeoutMs, 0);
   integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
@@ -241,7 +233,6 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
           concurrency: desc.concurrency,
           prefetch: desc.prefetch,
           attach: () => proxy.attachPort(),
-          nice: o.workerNice,
           maxMessageBytes,
           timeoutMs: desc.timeoutMs,
           // The proxy hears of a worker's exit at once, not a liveness window later.

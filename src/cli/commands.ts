@@ -4,7 +4,7 @@
  */
 import { hostname, availableParallelism } from 'node:os';
 import { pino } from 'pino';
-import { BUTTERFLY_DEFAULTS, type ButterflyOptions, MESSAGE_HEADROOM_BYTES, startButterfly } from '../embedded.js';
+import { type ButterflyOptions, MESSAGE_HEADROOM_BYTES, startButterfly } from '../embedded.js';
 import { InvalidOptionError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { AdminServer, HttpMetrics, type Readiness, type StageSample, StageBoard, StageReporter, createRegistry } from '../metrics/index.js';
@@ -12,7 +12,7 @@ import { Proxy } from '../proxy/index.js';
 import { ButterflyServer, PipelineClient, SERVER_DEFAULTS } from '../server/index.js';
 import { type PipelineDescription, importStage, loadPipelineFile, resolveModule, validatePipeline } from '../stages/index.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
-import { StageWorker, WorkerPool, lowerPriority } from '../worker/index.js';
+import { StageWorker, WorkerPool } from '../worker/index.js';
 import { type Settings, UsageError } from './settings.js';
 
 const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
@@ -79,7 +79,6 @@ function pipelineOptions(s: Settings, pipeline: PipelineDescription | undefined)
   const o: Partial<ButterflyOptions> = { workers: s.workers ?? availableParallelism() };
   if (pipeline !== undefined) o.pipeline = pipeline;
   if (s.transport !== undefined) o.transport = s.transport;
-  if (s.workerNice !== undefined) o.workerNice = s.workerNice;
   if (s.requestTimeout !== undefined) o.requestTimeoutMs = s.requestTimeout;
   if (s.maxInFlight !== undefined) o.maxInFlight = s.maxInFlight;
   if (s.maxQueue !== undefined) o.maxQueue = s.maxQueue;
@@ -285,10 +284,8 @@ export async function worker(s: Settings): Promise<void> {
   }
   const maxBytes = maxMessageBytes(s, false);
   const workers = s.workers ?? 1;
-  const nice = s.workerNice ?? BUTTERFLY_DEFAULTS.workerNice;
   if (workers === 1) {
     const w = new StageWorker({
-      onHeavy: () => lowerPriority(nice, logger),
       stage,
       connect,
       concurrency: s.concurrency,
@@ -318,7 +315,6 @@ export async function worker(s: Settings): Promise<void> {
     // A split pool's proxy is elsewhere: its workers hold sockets, and only processes can be killed when stuck.
     transport: s.transport ?? 'process',
     concurrency: s.concurrency,
-    nice,
     maxMessageBytes: maxBytes,
     logLevel: level,
     logger,

@@ -56,8 +56,6 @@ Pipeline (butterflyd, simulate):
   --workers N               workers per stage (default: the number of cores, ${availableParallelism()})
   --transport thread|process  how workers run (default ${BUTTERFLY_DEFAULTS.transport}: threads talk to their
                             proxy through ports, without sockets)
-  --worker-nice N           added to workers' nice value, 0-19, so stage work yields the cores to
-                            the front end and proxies (default ${BUTTERFLY_DEFAULTS.workerNice}; also worker)
   --max-queue N             jobs waiting per stage, at a proxy or prefetched by its workers,
                             before 503 (default 1024; also proxy)
   --heartbeat MS            heartbeat interval between proxies and workers (default 1000; also proxy)

@@ -54,7 +54,6 @@ export interface Settings {
   pipeline?: PipelineSource;
   workers?: number;
   transport?: 'thread' | 'process';
-  workerNice?: number;
   maxQueue?: number;
   heartbeat?: number;
   loopback?: string;
@@ -107,7 +106,6 @@ export const SETTINGS: readonly SettingDef[] = Object.freeze([
   { key: 'pipeline', kind: 'pipeline', commands: ['serve', 'simulate'] },
   { key: 'workers', kind: 'integer', commands: ['serve', 'simulate', 'worker'], min: 1, max: 256 },
   { key: 'transport', kind: 'choice', commands: ['serve', 'simulate', 'worker'], choices: ['thread', 'process'] },
-  { key: 'workerNice', kind: 'integer', commands: ['serve', 'simulate', 'worker'], min: 0, max: 19 },
   { key: 'maxQueue', kind: 'integer', commands: ['serve', 'simulate', 'proxy'], min: 0, max: 10_000_000 },
   { key: 'heartbeat', kind: 'integer', commands: ['serve', 'simulate', 'proxy'], min: 10, max: 60_000 },
   { key: 'loopback', kind: 'endpoint', commands: ['server', 'proxy'] },

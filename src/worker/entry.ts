@@ -7,7 +7,6 @@ import { pino } from 'pino';
 import { importStage } from '../stages/index.js';
 import type { MessagePort } from 'node:worker_threads';
 import type { ThreadLaunch, WorkerCommand, WorkerLaunch, WorkerReport } from './launch.js';
-import { lowerPriority } from './priority.js';
 import { StageWorker } from './worker.js';
 
 async function run(
@@ -26,7 +25,6 @@ async function run(
       port,
       concurrency: launch.concurrency,
       prefetch: launch.prefetch,
-      onHeavy: () => lowerPriority(launch.nice, logger),
       timeoutMs: launch.timeoutMs,
       label: launch.label,
       // A worker process heartbeats from a thread of its own; a worker thread cannot own one safely.

@@ -12,8 +12,6 @@ export interface WorkerLaunch {
   readonly prefetch: number | undefined;
   /** The stage's time budget per job, in ms; undefined for the stage's own. */
   readonly timeoutMs: number | undefined;
-  /** Added to the worker's nice value: stage work runs below the front end (0 to 19). */
-  readonly nice: number;
   /** The worker's name for its proxy and supervisor. */
   readonly label: string;
   readonly maxMessageBytes: number;

@@ -6,7 +6,6 @@ import type { WorkerTransport } from '../stages/index.js';
 import type { WorkerHandle } from './handle.js';
 import type { WorkerLaunch } from './launch.js';
 import { startProcessWorker } from './process.js';
-import { MAX_WORKER_NICE } from './priority.js';
 import { startThreadWorker } from './thread.js';
 
 /** Options of a stage's worker pool. */
@@ -31,11 +30,6 @@ export interface WorkerPoolOptions {
    * terminated and replaced like a process.
    */
   attach: (() => MessagePort) | undefined;
-  /**
-   * Added to each worker's nice value (0 to 19), so that stage work yields the cores to
-   * the front end and the proxies when both want them. Default 10.
-   */
-  nice: number;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
   /** How long a worker may take to start (import, setup, join), in ms. Default 10000. */
@@ -58,7 +52,6 @@ export const POOL_DEFAULTS = Object.freeze({
   concurrency: undefined,
   prefetch: undefined,
   attach: undefined,
-  nice: 10,
   maxMessageBytes: 64 * 1024 * 1024,
   startTimeoutMs: 10_000,
   closeTimeoutMs: 10_000,
@@ -109,7 +102,6 @@ export class WorkerPool {
     oneOf('transport', o.transport, ['thread', 'process']);
     if (o.concurrency !== undefined) integerIn('concurrency', o.concurrency, 1, MAX_WORKER_SLOTS);
     if (o.prefetch !== undefined) integerIn('prefetch', o.prefetch, 0, MAX_WORKER_SLOTS);
-    integerIn('nice', o.nice, 0, MAX_WORKER_NICE);
     integerIn('startTimeoutMs', o.startTimeoutMs, 1);
     integerIn('closeTimeoutMs', o.closeTimeoutMs, 1);
     this.options = o;
@@ -189,7 +181,6 @@ export class WorkerPool {
       connect: o.connect,
       concurrency: o.concurrency,
       prefetch: o.prefetch,
-      nice: o.nice,
       timeoutMs: o.timeoutMs,
       label,
       maxMessageBytes: o.maxMessageBytes,

@@ -59,13 +59,6 @@ export interface StageWorkerOptions {
   /** A name unique among the stage's workers, given by the supervisor; the proxy reports it when the worker is stuck. */
   label: string;
   /**
-   * Called once when this worker's jobs prove heavy: over a sample of jobs run after its
-   * first few, the median job held the thread `HEAVY_JOB_MS` or more. The supervisor lowers the
-   * worker's priority then, so that long jobs yield the cores to the front end and to
-   * light stages, which hand out the next jobs. Default none.
-   */
-  onHeavy: (() => void) | undefined;
-  /**
    * Heartbeat from a thread of its own (default false), so that a handler blocking the
    * event loop does not make the worker look dead. Only for a worker that is its process's
    * main thread: a worker thread must not own threads holding sockets.
@@ -83,7 +76,6 @@ export const WORKER_DEFAULTS = Object.freeze({
   timeoutMs: undefined,
   graceMs: 1000,
   label: '',
-  onHeavy: undefined,
   pulse: false,
   logger: silentLogger,
 });
@@ -97,13 +89,6 @@ export const DEFAULT_PREFETCH = 1;
  * tiny jobs still go many to a message.
  */
 const TURN_BUDGET_MS = 0.1;
-
-/** Jobs a worker runs before it times them (its code is still being compiled), then jobs it times before it decides whether its work is heavy. */
-const HEAVY_WARMUP = 64;
-const HEAVY_SAMPLE = 64;
-
-/** Time a job holds the thread, on average, from which a worker's work counts as heavy, in ms. */
-const HEAVY_JOB_MS = 0.2;
 
 /** How often running jobs' deadlines are checked, in ms. */
 const SWEEP_MS = 50;
@@ -146,9 +131,6 @@ export class StageWorker {
   /** Messages of large jobs moved to this thread and not started: given back if the worker leaves. */
   private readonly movedIn = new Map<number, Buffer>();
   private pumpScheduled = false;
-  /** Jobs timed so far, and the time they held the thread, until the heavy verdict. */
-  private timedJobs = 0;
-  private jobTimes: Float64Array | undefined;
   private readonly pumpBound = (): void => this.pump();
   private welcomed: (() => void) | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -169,7 +151,6 @@ export class StageWorker {
     this.options = o;
     this.stage = o.stage;
     this.logger = o.logger;
-    if (o.onHeavy !== undefined) this.jobTimes = new Float64Array(HEAVY_SAMPLE);
     if (o.port !== undefined) {
       const port = o.port;
       this.toProxy = new PortOutbox(port);
@@ -369,19 +350,20 @@ export class StageWorker {
   private pump(): void {
     this.pumpScheduled = false;
     const start = performance.now();
-    let before = start;
+    let long = false;
     while (this.waiting > 0 && this.running.size < this.concurrency) {
       const r = this.inbox[this.inboxHead];
       this.inbox[this.inboxHead++] = undefined;
       if (r === undefined) continue; // cancelled while waiting
       this.waiting--;
       this.run(r);
-      const now = performance.now();
-      if (this.jobTimes !== undefined) this.time(now - before);
-      before = now;
-      if (now - start >= TURN_BUDGET_MS) break;
+      long = performance.now() - start >= TURN_BUDGET_MS;
+      if (long) break;
     }
-    this.flushAll();
+    // After long work, what it produced leaves now; after tiny jobs, at the end of the turn,
+    // together with whatever else this turn brings.
+    if (long) this.flushAll();
+    else this.scheduleAll();
     if (this.waiting === 0) {
       this.inbox.length = 0;
       this.inboxHead = 0;
@@ -390,20 +372,10 @@ export class StageWorker {
     }
   }
 
-  /** Adds a turn's jobs to the heavy-work sample; past it, tells the supervisor once if the jobs were heavy. */
-  private time(ms: number): void {
-    const times = this.jobTimes!;
-    const n = this.timedJobs++ - HEAVY_WARMUP;
-    if (n < 0) return;
-    times[n] = ms;
-    if (n + 1 < HEAVY_SAMPLE) return;
-    this.jobTimes = undefined;
-    // The median: a job that lost its core for a while in the middle does not count as long.
-    const median = times.sort()[HEAVY_SAMPLE >> 1]!;
-    if (median >= HEAVY_JOB_MS) {
-      this.logger.info({ stage: this.stage.name, medianJobMs: Math.round(median * 1000) / 1000 }, 'heavy jobs: running below the front end');
-      this.options.onHeavy?.();
-    }
+  private scheduleAll(): void {
+    this.toNext?.schedule();
+    this.toLoopback?.schedule();
+    this.toProxy.schedule();
   }
 
   /** Sends everything written: outcomes first, then the DONEs that free credit for more. */
@@ -522,10 +494,7 @@ export class StageWorker {
     if (failed) this.fail(job, err);
     else this.finish(job, value);
     // With jobs waiting, `done` has scheduled the pump, which sends this outcome first.
-    if (this.waiting > 0) return;
-    this.toNext?.schedule();
-    this.toLoopback?.schedule();
-    this.toProxy.schedule();
+    if (this.waiting === 0) this.scheduleAll();
   }
   private finish(job: Job, outcome: unknown): void {
     if (job.cancelled) {
