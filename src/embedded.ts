@@ -159,7 +159,7 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
   const client = new PipelineClient({
     loopback,
     stages: frontends,
-    localStages: frontends.map((_, i) => (records) => proxies[i]?.acceptRecords(records)),
+    localStages: frontends.map((_, i) => (records, frame) => proxies[i]?.acceptRecords(records, frame)),
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
     maxMessageBytes,
@@ -218,7 +218,7 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
         // A worker found stuck past a deadline is killed by its pool, which starts another.
         onStuck: (label) => pools[i]?.kill(label),
         localLoopback: (records) => client.acceptAnswers(records),
-        localNext: (records) => proxies[i + 1]?.acceptRecords(records),
+        localNext: (records, frame) => proxies[i + 1]?.acceptRecords(records, frame),
         logger,
       });
       proxies.push(proxy);

@@ -5,6 +5,9 @@ import {
   MAX_ID_PREFIX,
   MAX_WORKER_SLOTS,
   WIRE_VERSION,
+  allocateBody,
+  encodeRequestJob,
+  restamp,
   readHello,
   readReturned,
   writeHello,
@@ -97,6 +100,26 @@ describe('wire records', () => {
     expect(readReturned(payload)).toEqual([5, 0x1234500000001]);
     expect(readReturned(Buffer.alloc(0))).toEqual([]);
     expect(() => readReturned(payload.subarray(0, 12))).toThrow(WireError);
+  });
+
+  it('encodes a large request around its body without copying it, and declines a body with no room in front', () => {
+    const body = allocateBody(200_000);
+    body.fill(9);
+    const req = new RequestData('POST', '/echo?x=1', ['host', 'h', 'content-type', 'application/octet-stream'], body, '127.0.0.1');
+    const frame = encodeRequestJob(0x100000007, 1234, req)!;
+    expect(frame.buffer).toBe(body.buffer);
+    expect(frame.byteOffset + frame.length).toBe(body.byteOffset + body.length);
+    const [record, ...rest] = decodeRecords(frame);
+    expect(rest).toHaveLength(0);
+    expect(record).toMatchObject({ kind: Kind.JOB, id: 0x100000007, deadline: 1234, flags: 0, stage: 0 });
+    const back = readValue(record!.payload) as RequestData;
+    expect([back.method, back.target, back.headers, back.remoteAddress]).toEqual(['POST', '/echo?x=1', req.headers, '127.0.0.1']);
+    expect(back.body.equals(body)).toBe(true);
+    restamp(frame, 1, 3);
+    expect(decodeRecords(frame)[0]).toMatchObject({ flags: 1, stage: 3, id: 0x100000007 });
+    // Each body is encoded in place once; a plain buffer never is.
+    expect(encodeRequestJob(1, 0, req)).toBeUndefined();
+    expect(encodeRequestJob(1, 0, new RequestData('POST', '/', [], Buffer.alloc(200_000), ''))).toBeUndefined();
   });
 
   it('round-trips every kind of value', () => {

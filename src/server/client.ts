@@ -8,6 +8,7 @@ import {
   LocalOutbox,
   RecordWriter,
   RequestData,
+  encodeRequestJob,
   MAX_ID_PREFIX,
   Outbox,
   configureSocket,
@@ -40,7 +41,7 @@ export interface PipelineClientOptions {
    * place of the `stages` sockets; answers then come in through `acceptAnswers` as well as
    * the loopback socket. Default none.
    */
-  localStages: readonly ((records: WireRecord[]) => void)[] | undefined;
+  localStages: readonly ((records: WireRecord[], frame: Buffer) => void)[] | undefined;
   logger: Logger;
 }
 
@@ -169,6 +170,12 @@ export class PipelineClient {
     const deadline = Date.now() + this.options.requestTimeoutMs;
     // A large request travels in a message of its own, which is passed on, not copied.
     const large = payload instanceof RequestData && payload.body.length >= LARGE_RECORD_BYTES;
+    const inPlace = large ? encodeRequestJob(id, deadline, payload) : undefined;
+    if (inPlace !== undefined) {
+      this.pending.set(id, { id, deadline, onAnswer });
+      outbox.sendAlone(inPlace, true);
+      return id;
+    }
     const w = large ? new RecordWriter(payload.body.length + 16 * 1024) : outbox.writer;
     w.begin(Kind.JOB, 0, 0, id, deadline);
     try {

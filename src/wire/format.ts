@@ -326,6 +326,14 @@ export class RecordWriter {
 }
 
 /**
+ * Lengthens the payload of the record a message holds alone by `extra` bytes that follow
+ * it in memory (a body written in place behind the record's head, see `encodeRequestJob`).
+ */
+export function extendPayload(frame: Buffer, extra: number): void {
+  frame.writeUInt32LE(frame.readUInt32LE(20) + extra, 20);
+}
+
+/**
  * Rewrites the flags and stage of the record that a message holds alone, in place: a
  * proxy passing on a large job's message uses it instead of copying the job.
  */

@@ -14,11 +14,14 @@ export {
   decodeRecords,
   splitFrame,
   restamp,
+  extendPayload,
   type KindValue,
   type WireRecord,
 } from './format.js';
 export {
   RequestData,
+  allocateBody,
+  encodeRequestJob,
   writeValue,
   readValue,
   writeResponse,

@@ -1,4 +1,44 @@
-import { PayloadReader, RecordWriter, WireError } from './format.js';
+import { Kind, PayloadReader, RecordWriter, WireError, extendPayload } from './format.js';
+
+/** Bytes kept free in front of a body from `allocateBody`, for the head of its record. */
+const BODY_HEADROOM = 16 * 1024;
+
+/** Bodies with free room in front of them, which `encodeRequestJob` may write its head into. */
+const roomy = new WeakSet<Buffer>();
+
+/**
+ * A buffer for a request body of `size` bytes, with room in front of it for the rest of
+ * the job's record: a large body then becomes a job's message without being copied.
+ */
+export function allocateBody(size: number): Buffer {
+  const body = Buffer.allocUnsafeSlow(BODY_HEADROOM + size).subarray(BODY_HEADROOM);
+  roomy.add(body);
+  return body;
+}
+
+/**
+ * Encodes a request as a JOB record alone in its message, writing the record's head into
+ * the room in front of a body from `allocateBody`, so that the body is not copied; the
+ * message shares the body's memory. Undefined when the body has no such room (or too
+ * little): encode it the usual way then.
+ */
+export function encodeRequestJob(id: number, deadline: number, req: RequestData): Buffer | undefined {
+  const body = req.body;
+  if (!roomy.has(body)) return undefined;
+  const w = new RecordWriter(1024);
+  w.begin(Kind.JOB, 0, 0, id, deadline);
+  w.u8(ValueTag.REQUEST);
+  writeRequestHead(w, req);
+  w.end();
+  const head = w.take();
+  const start = body.byteOffset - head.length;
+  if (start < 0) return undefined;
+  roomy.delete(body);
+  const frame = Buffer.from(body.buffer, start, head.length + body.length);
+  head.copy(frame, 0);
+  extendPayload(frame, body.length);
+  return frame;
+}
 
 /**
  * Payload codecs. Each `write*` appends to the current record of a `RecordWriter`; each
@@ -83,6 +123,12 @@ export function readValue(payload: Buffer): Value {
 }
 
 function writeRequest(w: RecordWriter, req: RequestData): void {
+  writeRequestHead(w, req);
+  w.bytes(req.body);
+}
+
+/** Everything of a request but its body, which follows it to the end of the payload. */
+function writeRequestHead(w: RecordWriter, req: RequestData): void {
   w.prefixedUtf8(req.method, 1);
   w.prefixedUtf8(req.target, 4);
   w.prefixedUtf8(req.remoteAddress, 1);
@@ -92,7 +138,6 @@ function writeRequest(w: RecordWriter, req: RequestData): void {
     w.prefixedUtf8(h[i]!, 2);
     w.prefixedUtf8(h[i + 1]!, 4);
   }
-  w.bytes(req.body);
 }
 
 function readRequest(r: PayloadReader): RequestData {
