@@ -89,7 +89,7 @@ const WORKLOADS = {
 // others, with short runs; anything that would end past the budget is skipped.
 const QUICK_WORKLOADS = ['overhead', 'heavy', 'uneven'];
 const QUICK_SERVERS = { heavy: ['cluster-inline', 'butterfly-node', 'butterfly-uws'], uneven: ['cluster-inline', 'butterfly-node', 'butterfly-uws'] };
-const QUICK_VARIANTS = { heavy: [{ connections: 64 }] };
+const QUICK_VARIANTS = { heavy: [{ connections: 8 }] };
 
 const TIMING = {
   full: { warmupS: 3, durationS: 10, unevenWarmupS: 3, unevenDurationS: 15, idealS: 5, idealWarmupS: 1, readyMs: 30_000, graceMs: 5000, budgetS: Infinity },
@@ -549,10 +549,12 @@ function targets(results, ideal) {
     { workload: 'overhead', label: 'overhead req/s: butterfly-uws / uws-hello', a: ['overhead', 'butterfly-uws'], b: ['overhead', 'uws-hello'], measure: rps, floor: 0.35 },
     { workload: 'overhead', label: 'overhead req/s: butterfly-uws / cluster-inline', a: ['overhead', 'butterfly-uws'], b: ['overhead', 'cluster-inline'], measure: rps, floor: 0.6 },
     { workload: 'overhead', label: 'overhead req/s: butterfly-node / cluster-inline', a: ['overhead', 'butterfly-node'], b: ['overhead', 'cluster-inline'], measure: rps, floor: 0.35 },
+    { workload: 'heavy', label: 'heavy c8 req/s: butterfly-node / ideal checks/s', a: ['heavy', 'butterfly-node', 8], b: 'ideal', measure: rps, floor: 0.85 },
     { workload: 'heavy', label: 'heavy c64 req/s: butterfly-node / ideal checks/s', a: ['heavy', 'butterfly-node', 64], b: 'ideal', measure: rps, floor: 0.85 },
     { workload: 'heavy', label: 'heavy c64 req/s: butterfly-uws / ideal checks/s', a: ['heavy', 'butterfly-uws', 64], b: 'ideal', measure: rps, floor: 0.85 },
     { workload: 'uneven', label: 'uneven instant p99: butterfly-node / cluster-inline', a: ['uneven', 'butterfly-node'], b: ['uneven', 'cluster-inline'], measure: instantP99, ceiling: 0.2 },
     { workload: 'uneven', label: 'uneven instant p99: butterfly-uws / cluster-inline', a: ['uneven', 'butterfly-uws'], b: ['uneven', 'cluster-inline'], measure: instantP99, ceiling: 0.2 },
+    { workload: 'large', label: 'large req/s: butterfly-node / cluster-inline', a: ['large', 'butterfly-node'], b: ['large', 'cluster-inline'], measure: rps, floor: 0.6 },
   ];
 
   const memory = pick('memory', 'butterfly-node');

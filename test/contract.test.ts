@@ -105,6 +105,19 @@ describe('deadlines', () => {
   });
 });
 
+describe('stuck worker threads', () => {
+  it('terminates and replaces a worker thread whose handler spins past the deadline plus grace', async () => {
+    await using bf = await contract({ transport: 'thread', requestTimeoutMs: 300, stage: { workers: 1 } });
+    const mark = markFile();
+    const res = await request(bf.port, `/spin?ms=60000&mark=${mark}`);
+    expect(res.status).toBe(504);
+    // deadline 300 ms + grace 1 s + one heartbeat check
+    await waitFor('the spinning thread to be replaced', () => bf.pools[0]!.restarts >= 1, 5000);
+    await waitFor('the replacement to join', () => bf.proxies[0]!.stats().workers === 1, 5000);
+    expect((await request(bf.port, '/pid')).status).toBe(200);
+  });
+});
+
 describe('admission', () => {
   it("answers 503 with Retry-After at once when a stage's queue is full, and serves the rest", async () => {
     await using bf = await contract({ maxQueue: 4, stage: { workers: 1, concurrency: 1 } });

@@ -165,18 +165,11 @@ export class Outbox implements RecordSink {
   }
 }
 
-/**
- * Batches records for a worker thread (or its proxy, from inside the thread) and posts
- * them through a `MessagePort`, transferring the bytes rather than copying large batches.
- * A port has no bound of its own: what is written to it is bounded by its caller (the
- * proxy's credits, the worker's jobs).
- */
-export class PortOutbox implements RecordSink {
+/** End-of-turn batching for the sinks within one process: subclasses say how a batch is delivered. */
+abstract class TurnBatcher {
   readonly writer = new RecordWriter();
   private scheduled = false;
   private readonly flushBound = (): void => this.flush();
-
-  constructor(private readonly port: MessagePort) {}
 
   schedule(): void {
     if (this.scheduled) return;
@@ -186,9 +179,26 @@ export class PortOutbox implements RecordSink {
 
   flush(): void {
     this.scheduled = false;
-    if (this.writer.length === 0) return;
+    if (this.writer.length > 0) this.deliver();
+  }
+
+  protected abstract deliver(): void;
+}
+
+/**
+ * Batches records for a worker thread (or its proxy, from inside the thread) and posts
+ * them through a `MessagePort`, transferring the bytes rather than copying large batches.
+ * A port has no bound of its own: what is written to it is bounded by its caller (the
+ * proxy's credits, the worker's jobs).
+ */
+export class PortOutbox extends TurnBatcher implements RecordSink {
+  constructor(private readonly port: MessagePort) {
+    super();
+  }
+
+  protected deliver(): void {
     const frame = this.writer.takeOwned();
-    this.port.postMessage(frame, frame.buffer instanceof SharedArrayBuffer ? [] : [frame.buffer as ArrayBuffer]);
+    this.port.postMessage(frame, [frame.buffer as ArrayBuffer]);
   }
 
   /** @returns true when the bytes were moved to the other thread (they are gone from this one). */
@@ -228,26 +238,16 @@ export function receivePort(port: MessagePort, onFrame: (frame: Buffer) => void,
  * the same batches and bytes a socket would carry, so in-process links and sockets share
  * one path. Bounded like an `Outbox`: `full` past `maxBytes` unsent.
  */
-export class LocalOutbox implements RecordSink {
-  readonly writer = new RecordWriter();
-  private scheduled = false;
-  private readonly flushBound = (): void => this.flush();
-
+export class LocalOutbox extends TurnBatcher implements RecordSink {
   /** @param receive gets each message's records, and the message itself (no other holds it). */
   constructor(
     private readonly receive: (records: WireRecord[], frame: Buffer) => void,
     private readonly maxBytes: number,
-  ) {}
-
-  schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(this.flushBound);
+  ) {
+    super();
   }
 
-  flush(): void {
-    this.scheduled = false;
-    if (this.writer.length === 0) return;
+  protected deliver(): void {
     const frame = this.writer.take();
     this.receive(decodeRecords(frame), frame);
   }
