@@ -127,10 +127,14 @@ describe('admission', () => {
     expect(ok.length + refused.length).toBe(20);
     expect(ok.length).toBeGreaterThanOrEqual(5); // one running + four queued
     expect(refused.length).toBeGreaterThanOrEqual(10);
+    // At once: before the first accepted request, which needs 150 ms of work, is answered.
+    // (Opening 20 connections at once takes 40-70 ms on a loaded 2-core machine, so a fixed
+    // bound of a few tens of ms measures the machine, not the refusal.)
+    const firstAnswer = Math.min(...ok.map(([, ms]) => ms));
     for (const [r, ms] of refused) {
       expect(r.headers['retry-after']).toBe('1');
       expect(JSON.parse(r.body).error.code).toBe('BF_ERR_OVERLOADED');
-      expect(ms).toBeLessThan(50);
+      expect(ms).toBeLessThan(Math.min(150, firstAnswer));
     }
     // What was accepted waited at most for the queue ahead of it.
     for (const [, ms] of ok) expect(ms).toBeLessThan(150 * 8);
@@ -139,12 +143,15 @@ describe('admission', () => {
   it('answers 503 at once past the bound on requests in flight', async () => {
     await using bf = await contract({ maxInFlight: 3 });
     const results = await Promise.all(Array.from({ length: 10 }, () => timed(request(bf.port, '/sleep?ms=300'))));
-    expect(results.filter(([r]) => r.status === 200)).toHaveLength(3);
+    const ok = results.filter(([r]) => r.status === 200);
+    expect(ok).toHaveLength(3);
     const refused = results.filter(([r]) => r.status === 503);
     expect(refused).toHaveLength(7);
+    // At once: well before any accepted request, which needs 300 ms of work, is answered.
+    const firstAnswer = Math.min(...ok.map(([, ms]) => ms));
     for (const [r, ms] of refused) {
       expect(r.headers['retry-after']).toBe('1');
-      expect(ms).toBeLessThan(50);
+      expect(ms).toBeLessThan(Math.min(150, firstAnswer));
     }
   });
 });
