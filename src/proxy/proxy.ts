@@ -148,12 +148,13 @@ export interface ProxyStats {
   readonly queued: number;
   readonly inFlight: number;
   readonly workers: number;
+  /** Jobs the live workers may still be sent: their credit, summed. */
   readonly readySlots: number;
   /** Jobs received since start. */
   readonly accepted: number;
   readonly refused: number;
   readonly undecodable: number;
-  /** Live workers with at least one free slot. */
+  /** Live workers with credit for at least one more job. */
   readonly workersReady: number;
   /** Time from sending a job to a worker to its DONE, in ms, since start. */
   readonly stageTime: HistogramSnapshot;
@@ -295,11 +296,12 @@ export class Proxy {
   /** Counts for metrics and readiness. */
   stats(): ProxyStats {
     let workersReady = 0;
-    for (const w of this.workers.values()) {
-      if (w.alive && !w.leaving && w.credit > 0) workersReady++;
-    }
     let readySlots = 0;
-    for (const w of this.workers.values()) if (w.alive && !w.leaving) readySlots += w.credit;
+    for (const w of this.workers.values()) {
+      if (!w.alive || w.leaving) continue;
+      readySlots += w.credit;
+      if (w.credit > 0) workersReady++;
+    }
     return {
       queued: this.queuedById.size,
       inFlight: this.assigned.size,

@@ -9,6 +9,7 @@ import {
   RecordWriter,
   RequestData,
   encodeRequestJob,
+  requestId,
   MAX_ID_PREFIX,
   Outbox,
   configureSocket,
@@ -54,7 +55,6 @@ export const CLIENT_DEFAULTS = Object.freeze({
   logger: silentLogger,
 });
 
-const TWO_32 = 0x100000000;
 
 /**
  * Receives the one answer of a request: a response, or an error (exactly one of the two
@@ -166,7 +166,7 @@ export class PipelineClient {
     // A counter under a per-client prefix: an id comes back only after 2^32 more requests,
     // long after every stage has let go of the old one; other clients have other prefixes.
     this.idCounter = (this.idCounter + 1) >>> 0;
-    const id = this.idPrefix * TWO_32 + this.idCounter;
+    const id = requestId(this.idPrefix, this.idCounter);
     const deadline = Date.now() + this.options.requestTimeoutMs;
     // A large request travels in a message of its own, which is passed on, not copied.
     const large = payload instanceof RequestData && payload.body.length >= LARGE_RECORD_BYTES;

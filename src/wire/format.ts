@@ -28,6 +28,11 @@ export const MAX_ID_PREFIX = 0x1fffff;
 
 const TWO_32 = 0x100000000;
 
+/** The request id of a client's `prefix` (1 to `MAX_ID_PREFIX`) and `counter` (a u32). */
+export function requestId(prefix: number, counter: number): number {
+  return prefix * TWO_32 + counter;
+}
+
 /** Batches below this size are copied out by `takeOwned`; larger ones are handed over. */
 const OWNED_COPY_LIMIT = 64 * 1024;
 

@@ -6,6 +6,7 @@ export {
   WIRE_VERSION,
   HEADER_BYTES,
   MAX_ID_PREFIX,
+  requestId,
   LARGE_RECORD_BYTES,
   Kind,
   Flag,
