@@ -198,6 +198,43 @@ describe('a stopped stage under load', () => {
   });
 });
 
+describe('drain in split mode', () => {
+  it('starts the drain time at SIGTERM: a request still running when it is up is answered 503 and the server exits 0', async () => {
+    const folder = mkdtempSync(join(dir, 'drain-'));
+    const addr = (name: string): string => `ipc://${join(folder, name)}`;
+    const server = procs.start('server', ['server', '--port', '0', '--loopback', addr('loopback'), '--stages', addr('stage-0'), '--drain-timeout', '300']);
+    const proxy = procs.start('proxy', ['proxy', '--stage-index', '0', '--frontend', addr('stage-0'), '--backend', addr('workers-0'), '--loopback', addr('loopback')]);
+    const port = await portOf(server, 'listening');
+    await proxy.waitFor((l) => l.msg === 'proxy started');
+    const worker = procs.start('worker', ['worker', '--stage', fileURLToPath(fixture('contract-stage.js')), '--connect', addr('workers-0')]);
+    await worker.waitFor((l) => l.msg === 'worker joined its proxy');
+    const mark = join(folder, 'mark');
+    const started = Date.now();
+    const answer = request(port, `/sleep?ms=20000&mark=${encodeURIComponent(mark)}`);
+    const deadline = Date.now() + 5000;
+    while (!readFileSafe(mark).startsWith('started')) {
+      if (Date.now() > deadline) throw new Error('the request did not start');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const signalled = Date.now();
+    server.child.kill('SIGTERM');
+    const res = await answer;
+    expect(res.status).toBe(503);
+    // The drain time (300 ms) ran from the signal, not from when the connection went.
+    expect(Date.now() - signalled).toBeLessThan(2000);
+    expect(await server.exited).toBe(0);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+});
+
+function readFileSafe(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 describe('workers leaving and clients going away', () => {
   it('runs every job exactly once while workers holding prefetched jobs are replaced under load', async () => {
     for (const transport of ['thread', 'process'] as const) {

@@ -326,6 +326,47 @@ describe('drain', () => {
     });
   }
 
+  it.each(['node', 'uws'])("answers with Connection: close while draining, so keep-alive clients in a closed loop never get a reset (%s engine)", async (engine) => {
+    const d = await daemon(['--port', '0', '--engine', engine, '--workers', '2', '--transport', 'process', '--pipeline', pipelineFile(), '--drain-timeout', '5000']);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+    try {
+      const outcomes: (number | string)[] = [];
+      const closing: (string | undefined)[] = [];
+      const firstMarks: string[] = [];
+      // 16 keep-alive clients, each sending its next request when the last is answered,
+      // until the daemon no longer takes connections.
+      const loop = async (): Promise<void> => {
+        for (let n = 0; ; n++) {
+          const mark = markFile();
+          if (n === 0) firstMarks.push(mark);
+          const outcome = await new Promise<number | string>((resolve) => {
+            const req = http.get({ host: '127.0.0.1', port: d.port, path: `/sleep?ms=300&mark=${mark}`, agent }, (res) => {
+              closing.push(res.headers.connection);
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            });
+            req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+          });
+          if (outcome === 'ECONNREFUSED') return;
+          outcomes.push(outcome);
+        }
+      };
+      const loops = Array.from({ length: 16 }, loop);
+      // Every connection has a request in flight when the signal comes: none is idle.
+      await waitFor('all 16 first requests to start', () => firstMarks.length === 16 && firstMarks.every((m) => readMark(m).startsWith('started')));
+      d.child.kill('SIGTERM');
+      await Promise.all(loops);
+      expect(outcomes.filter((o) => o !== 200 && o !== 503)).toEqual([]);
+      expect(outcomes.filter((o) => o === 200).length).toBeGreaterThanOrEqual(16);
+      // The answers given while draining said so.
+      expect(closing.filter((c) => c === 'close').length).toBeGreaterThanOrEqual(16);
+      expect(await d.exited).toBe(0);
+    } finally {
+      agent.destroy();
+      await d.stop();
+    }
+  });
+
   it('on SIGTERM stops accepting, lets requests in flight finish, and exits 0', async () => {
     const d = await daemon(['--port', '0', '--workers', '2', '--transport', 'process', '--pipeline', pipelineFile(), '--drain-timeout', '5000']);
     try {

@@ -221,12 +221,16 @@ export async function server(s: Settings): Promise<void> {
   const drainMs = s.drainTimeout ?? 10_000;
   onSignals(async () => {
     logger.info({ inFlight: client.inFlight }, 'draining');
-    await front.close();
+    // Stop accepting now; the listener closes only once its connections have, so the drain
+    // time runs from the signal, not from then.
+    const frontClosed = front.close();
     const timer = new Promise<void>((resolve) => setTimeout(resolve, drainMs).unref());
     await Promise.race([client.drain(), timer]);
     await admin?.close();
     await board?.close();
+    // Anything still in flight is answered 503; each answer closes its connection.
     await client.close();
+    await Promise.race([frontClosed, new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
     logger.info({}, 'closed');
   });
 }

@@ -34,6 +34,8 @@ export class NodeEngine implements HttpEngine {
   private readonly server: http.Server;
   /** node:http's own handler of a new connection, called once its first bytes were looked at. */
   private readonly takeOver: (socket: Socket) => void;
+  /** Set once `close()` is called: every answer then closes its connection. */
+  private readonly drain: DrainState = { draining: false };
   /** Connections whose first bytes have not arrived yet (node:http does not know them yet), with when they came, in ms. */
   private readonly fresh = new Map<Socket, number>();
   /** Connections already given their one error response; later parse errors on them are ignored. */
@@ -118,6 +120,9 @@ export class NodeEngine implements HttpEngine {
   }
 
   close(): Promise<void> {
+    // From now on every answer says `Connection: close` and ends its connection once
+    // written, so that no client sends another request on a connection about to go.
+    this.drain.draining = true;
     return new Promise((resolve) => {
       this.server.close(() => resolve());
       this.server.closeIdleConnections();
@@ -183,7 +188,7 @@ export class NodeEngine implements HttpEngine {
       return;
     }
     if (expectsContinue) res.writeContinue();
-    const reply = new NodeReply(res);
+    const reply = new NodeReply(res, this.drain);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     if (!hasBody) {
       this.handler(makeRequest(req, method, target, headers, EMPTY), reply);
@@ -352,12 +357,20 @@ function writeResponse(res: http.ServerResponse, status: number, headers: readon
   res.end(body);
 }
 
+/** Whether the engine is draining: shared by the engine and every reply it hands out. */
+interface DrainState {
+  draining: boolean;
+}
+
 class NodeReply implements EngineReply {
   private abortFn: (() => void) | undefined;
   private sent = false;
   aborted = false;
 
-  constructor(private readonly res: http.ServerResponse) {
+  constructor(
+    private readonly res: http.ServerResponse,
+    private readonly drain: DrainState,
+  ) {
     res.once('close', () => {
       if (this.sent) return;
       this.aborted = true;
@@ -372,6 +385,6 @@ class NodeReply implements EngineReply {
   send(status: number, headers: readonly string[], body: Buffer, close: boolean): void {
     if (this.sent || this.aborted) return;
     this.sent = true;
-    writeResponse(this.res, status, headers, body, close);
+    writeResponse(this.res, status, headers, body, close || this.drain.draining);
   }
 }

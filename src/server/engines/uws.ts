@@ -58,6 +58,8 @@ export async function loadUws(): Promise<Uws> {
 export class UwsEngine implements HttpEngine {
   private readonly app: TemplatedApp;
   private listenSocket: us_listen_socket | undefined;
+  /** Set once `close()` is called: every answer then closes its connection. */
+  private readonly drain = { draining: false };
 
   constructor(
     private readonly uws: Uws,
@@ -69,7 +71,7 @@ export class UwsEngine implements HttpEngine {
     this.app.any('/*', (res, req) => {
       // This uWS build reports every method in lower case, so the case a client sent is lost.
       const method = req.getMethod().toUpperCase();
-      const reply = new UwsReply(res, method === 'HEAD');
+      const reply = new UwsReply(res, method === 'HEAD', this.drain);
       const path = req.getUrl();
       const query = req.getQuery();
       const target = query === undefined || query === '' ? path : `${path}?${query}`;
@@ -130,6 +132,8 @@ export class UwsEngine implements HttpEngine {
   }
 
   close(): Promise<void> {
+    // From now on every answer says `Connection: close` and ends its connection.
+    this.drain.draining = true;
     if (this.listenSocket !== undefined) {
       this.uws.us_listen_socket_close(this.listenSocket);
       this.listenSocket = undefined;
@@ -159,6 +163,7 @@ class UwsReply implements EngineReply {
   constructor(
     private readonly res: HttpResponse,
     private readonly head: boolean,
+    private readonly drain: { readonly draining: boolean },
   ) {
     // Must be registered before any asynchronous work: uWS requires it.
     res.onAborted(() => {
@@ -178,7 +183,7 @@ class UwsReply implements EngineReply {
     this.status = status;
     this.headers = headers;
     this.body = body;
-    this.close = close;
+    this.close = close || this.drain.draining;
     this.res.cork(this.writeBound);
   }
 
