@@ -19,6 +19,7 @@ export const ERROR_STATUS = Object.freeze({
   BF_ERR_INTERNAL: 500,
   BF_ERR_NOT_IMPLEMENTED: 501,
   BF_ERR_WORKER_DIED: 502,
+  BF_ERR_BAD_ANSWER: 502,
   BF_ERR_OVERLOADED: 503,
   BF_ERR_NO_WORKER: 503,
   BF_ERR_DRAINING: 503,
@@ -82,12 +83,22 @@ export function bfError(code: ErrorCode, message: string): ButterflyError {
   return new ButterflyError(code, message);
 }
 
+/** A code a client may see: upper-case letters, digits and underscores, at most 64 bytes. */
+const CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+/** The longest error message sent on, in characters; a longer one is cut. */
+const MAX_MESSAGE = 1024;
+
 /**
  * Turns anything a stage threw into the record a client may see: a ButterflyError keeps
- * its code, status and message; anything else becomes `BF_ERR_STAGE_FAILED` (500) with
- * a message naming only the stage.
+ * its code, status and message (cut to 1,024 characters) when its code is a plain code of
+ * at most 64 bytes and its status 400-599; anything else becomes `BF_ERR_STAGE_FAILED`
+ * (500) with a message naming only the stage. The record can always be encoded.
  */
 export function toErrorRecord(err: unknown, stageName: string): ErrorRecord {
-  if (err instanceof ButterflyError) return { code: err.code, status: err.status, message: err.message };
+  if (err instanceof ButterflyError && typeof err.code === 'string' && CODE.test(err.code) && Number.isInteger(err.status) && err.status >= 400 && err.status <= 599) {
+    const message = typeof err.message === 'string' ? err.message.slice(0, MAX_MESSAGE) : '';
+    return { code: err.code, status: err.status, message };
+  }
   return { code: 'BF_ERR_STAGE_FAILED', status: 500, message: `stage ${stageName} failed` };
 }

@@ -113,6 +113,26 @@ export function checkSyntax(target: string, headers: readonly string[]): ErrorDa
   return null;
 }
 
+// A header value a stage may send: visible ASCII, space, tab and obs-text; no CR, LF, NUL or other control character.
+const ANSWER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/** 502 for an answer from the pipeline that HTTP cannot carry. */
+export const BAD_ANSWER: ErrorData = Object.freeze(refusal('BF_ERR_BAD_ANSWER', 'the pipeline gave an answer HTTP cannot carry'));
+
+/**
+ * Whether an answer from the pipeline can be sent as an HTTP response: a final status
+ * (200-599), header names that are tokens, values without CR, LF, NUL or other control
+ * characters. Checked where answers enter the front end, whatever sent them.
+ */
+export function isSendable(status: number, headers: readonly string[]): boolean {
+  if (!Number.isInteger(status) || status < 200 || status > 599) return false;
+  if ((headers.length & 1) !== 0) return false;
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (!TOKEN.test(headers[i]!) || !ANSWER_VALUE.test(headers[i + 1]!)) return false;
+  }
+  return true;
+}
+
 const JSON_HEADERS: readonly string[] = Object.freeze(['content-type', 'application/json']);
 
 /** The body and headers of an error response: `{"error":{"code":…,"message":…}}`. */

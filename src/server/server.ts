@@ -1,7 +1,7 @@
 import { type Logger, silentLogger } from '../logger.js';
 import { integerIn, nonEmptyString, oneOf, withDefaults } from '../options.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
-import { errorBody } from './checks.js';
+import { BAD_ANSWER, errorBody, isSendable } from './checks.js';
 import type { PipelineClient } from './client.js';
 import { type EngineLimits, type EngineName, type EngineReply, type EngineRequest, type HttpEngine, createEngine } from './engines/index.js';
 
@@ -89,6 +89,8 @@ const HEALTH_BODY = Buffer.from('{"status":"ok"}');
 export interface ServerCounters {
   requests: number;
   refused: number;
+  /** Answers from the pipeline that HTTP cannot carry, sent as 502 instead. */
+  badAnswers: number;
 }
 
 /**
@@ -101,7 +103,7 @@ export class ButterflyServer {
   state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
   /** The port listened on, once `listen()` resolved. */
   port = 0;
-  readonly counters: ServerCounters = { requests: 0, refused: 0 };
+  readonly counters: ServerCounters = { requests: 0, refused: 0, badAnswers: 0 };
   private readonly options: ServerOptions;
   private readonly client: PipelineClient;
   private readonly logger: Logger;
@@ -187,7 +189,7 @@ export class ButterflyServer {
     const data = new RequestData(req.method, target, req.headers, req.body, req.remoteAddress);
     const onAnswer = timed
       ? (response: ResponseData | null, error: ErrorData | null) => this.answerTimed(req, reply, response, error, startedAt)
-      : (response: ResponseData | null, error: ErrorData | null) => answer(reply, response, error, undefined);
+      : (response: ResponseData | null, error: ErrorData | null) => answer(reply, response, error, undefined, this.counters);
     const id = this.client.submit(data, onAnswer);
     if (id !== 0) {
       reply.onAbort(() => {
@@ -199,18 +201,22 @@ export class ButterflyServer {
 
   private answerTimed(req: EngineRequest, reply: EngineReply, response: ResponseData | null, error: ErrorData | null, startedAt: number): void {
     const timing = this.options.serverTiming ? `pipeline;dur=${(performance.now() - startedAt).toFixed(3)}` : undefined;
-    answer(reply, response, error, timing);
+    answer(reply, response, error, timing, this.counters);
     this.observer?.answered(req, response !== null ? response.status : error!.status, response !== null ? undefined : error!.code, startedAt);
   }
 }
 
-function answer(reply: EngineReply, response: ResponseData | null, error: ErrorData | null, timing: string | undefined): void {
-  if (response !== null) {
+function answer(reply: EngineReply, response: ResponseData | null, error: ErrorData | null, timing: string | undefined, counters: ServerCounters): void {
+  if (response !== null && isSendable(response.status, response.headers)) {
     const headers = timing === undefined ? response.headers : [...response.headers, 'server-timing', timing];
     reply.send(response.status, headers, response.body, false);
     return;
   }
-  const err = error!;
+  let err = error ?? BAD_ANSWER;
+  if (response !== null || !isSendable(err.status, [])) {
+    counters.badAnswers++;
+    err = BAD_ANSWER;
+  }
   const { headers, body } = errorBody(err);
   reply.send(err.status, timing === undefined ? headers : [...headers, 'server-timing', timing], body, false);
 }

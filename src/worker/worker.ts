@@ -537,12 +537,20 @@ export class StageWorker {
   private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number): boolean {
     const alone = size >= LARGE_RECORD_BYTES;
     const w = alone ? new RecordWriter(size + 16 * 1024) : outbox.writer;
+    const start = w.length;
     w.begin(kind, kind === Kind.JOB ? job.flags : 0, stage, job.id, job.requestDeadline);
     try {
       write(w);
     } catch (err) {
       w.abort();
       this.fail(job, err);
+      return false;
+    }
+    if (w.length - start > this.options.maxMessageBytes) {
+      // A message over the limit would cost the whole connection, and every answer on it.
+      w.abort();
+      this.logger.warn({ stage: this.stage.name, id: job.id, bytes: w.length - start, limit: this.options.maxMessageBytes }, 'outcome larger than the message limit');
+      this.fail(job, new ButterflyError('BF_ERR_INTERNAL', `stage ${this.stage.name} produced an outcome larger than the message limit`));
       return false;
     }
     w.end();
@@ -553,7 +561,7 @@ export class StageWorker {
   private fail(job: Job, err: unknown): void {
     if (!job.cancelled) {
       const record = toErrorRecord(err, this.stage.name);
-      if (!(err instanceof ButterflyError)) this.logger.warn({ err, stage: this.stage.name, id: job.id }, 'stage handler threw');
+      if (!(err instanceof ButterflyError) || record.code !== err.code) this.logger.warn({ err, stage: this.stage.name, id: job.id }, 'stage handler threw');
       const w = this.toLoopback!.writer;
       w.begin(Kind.ERROR, 0, job.stage, job.id, job.requestDeadline);
       writeError(w, record);
