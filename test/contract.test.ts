@@ -1,5 +1,6 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -115,6 +116,48 @@ describe('stuck worker threads', () => {
     await waitFor('the spinning thread to be replaced', () => bf.pools[0]!.restarts >= 1, 5000);
     await waitFor('the replacement to join', () => bf.proxies[0]!.stats().workers === 1, 5000);
     expect((await request(bf.port, '/pid')).status).toBe(200);
+  });
+});
+
+describe('fairness', () => {
+  it('keeps one connection pipelining 3,000 requests to its own share: all of them served, and another connection served meanwhile', async () => {
+    await using bf = await start({ workers: 2 });
+    const flood = 3000;
+    const socket = net.connect(bf.port, '127.0.0.1');
+    const statuses = new Map<string, number>();
+    let answered = 0;
+    let tail = '';
+    let floodDoneAt = 0;
+    const floodDone = new Promise<void>((resolve, reject) => {
+      socket.on('data', (chunk: Buffer) => {
+        // Count status lines; keep a little of the end in case one is cut between chunks.
+        const text = tail + chunk.toString('latin1');
+        for (const m of text.matchAll(/HTTP\/1\.1 (\d{3}) /g)) {
+          statuses.set(m[1]!, (statuses.get(m[1]!) ?? 0) + 1);
+          answered++;
+        }
+        const last = text.lastIndexOf('HTTP/1.1 ');
+        tail = last >= 0 && last + 13 > text.length ? text.slice(last) : text.slice(-12).replace(/HTTP\/1\.1 \d{3} $/, '');
+        if (answered >= flood) {
+          floodDoneAt = Date.now();
+          resolve();
+        }
+      });
+      socket.on('error', reject);
+    });
+    try {
+      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+      socket.write('GET /is_prime?possible_prime=1000003 HTTP/1.1\r\nHost: h\r\n\r\n'.repeat(flood));
+      const other = await request(bf.port, '/is_prime?possible_prime=1000003');
+      const otherAt = Date.now();
+      await floodDone;
+      expect(other.status).toBe(200);
+      // Without a bound per connection, the flood fills the stage's queue and most of it is refused 503.
+      expect([...statuses.entries()]).toEqual([['200', flood]]);
+      expect(otherAt).toBeLessThan(floodDoneAt);
+    } finally {
+      socket.destroy();
+    }
   });
 });
 

@@ -33,6 +33,11 @@ export interface ServerOptions {
   requestReadTimeoutMs: number;
   /** Most connections open at once; past it new ones are closed unanswered (node engine). Keep it below the process's file-descriptor limit. Default 20000. */
   maxConnections: number;
+  /**
+   * Requests of one connection in the pipeline at once; its further pipelined requests wait
+   * unread (node engine), so that one connection cannot take every slot. Default 32.
+   */
+  maxInFlightPerConnection: number;
   /** Told of every answer, cancellation and engine refusal, for metrics and access logs. Default none. */
   observer: RequestObserver | undefined;
   /** Add a `Server-Timing: pipeline;dur=MS` header to answers from the pipeline. Default false. */
@@ -54,6 +59,7 @@ export const SERVER_DEFAULTS = Object.freeze({
   headersTimeoutMs: 10_000,
   requestReadTimeoutMs: 30_000,
   maxConnections: 20_000,
+  maxInFlightPerConnection: 32,
   observer: undefined,
   serverTiming: false,
   logger: silentLogger,
@@ -124,6 +130,7 @@ export class ButterflyServer {
     integerIn('headersTimeoutMs', o.headersTimeoutMs, 1);
     integerIn('requestReadTimeoutMs', o.requestReadTimeoutMs, o.headersTimeoutMs);
     integerIn('maxConnections', o.maxConnections, 1);
+    integerIn('maxInFlightPerConnection', o.maxInFlightPerConnection, 1);
     if (typeof o.serverTiming !== 'boolean') throw new TypeError(`serverTiming must be a boolean, got ${String(o.serverTiming)}`);
     this.options = o;
     this.client = o.client;
@@ -146,6 +153,7 @@ export class ButterflyServer {
       headersTimeoutMs: o.headersTimeoutMs,
       requestReadTimeoutMs: o.requestReadTimeoutMs,
       maxConnections: o.maxConnections,
+      maxInFlightPerConnection: o.maxInFlightPerConnection,
     };
     this.engine = await createEngine(
       o.engine,

@@ -63,6 +63,12 @@ export interface EngineLimits {
   readonly requestReadTimeoutMs: number;
   /** Most connections open at once; past it new connections are closed at once, unanswered. */
   readonly maxConnections: number;
+  /**
+   * Requests of one connection handed to the pipeline at once; further pipelined requests
+   * wait, and the connection is not read until one is answered (node engine; uWS itself
+   * closes a connection that pipelines before its answer).
+   */
+  readonly maxInFlightPerConnection: number;
 }
 
 /** Refusals an engine answers itself, reported to the front end for counting and logging. */

@@ -34,6 +34,10 @@ export class NodeEngine implements HttpEngine {
   private readonly server: http.Server;
   /** node:http's own handler of a new connection, called once its first bytes were looked at. */
   private readonly takeOver: (socket: Socket) => void;
+  /** Requests in the pipeline, and waiting their turn, per connection. */
+  private readonly lanes = new WeakMap<Socket, Lane>();
+  /** Times a connection was left unread because it had `maxInFlightPerConnection` requests in the pipeline. */
+  throttled = 0;
   /** Set once `close()` is called: every answer then closes its connection. */
   private readonly drain: DrainState = { draining: false };
   /** Connections whose first bytes have not arrived yet (node:http does not know them yet), with when they came, in ms. */
@@ -191,7 +195,7 @@ export class NodeEngine implements HttpEngine {
     const reply = new NodeReply(res, this.drain);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     if (!hasBody) {
-      this.handler(makeRequest(req, method, target, headers, EMPTY), reply);
+      this.dispatch(req.socket, makeRequest(req, method, target, headers, EMPTY), reply);
       return;
     }
     const chunks: Buffer[] = [];
@@ -215,8 +219,44 @@ export class NodeEngine implements HttpEngine {
     req.on('end', () => {
       if (refused) return;
       const body = into !== undefined ? (size === into.length ? into : into.subarray(0, size)) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-      this.handler(makeRequest(req, method, target, headers, body), reply);
+      this.dispatch(req.socket, makeRequest(req, method, target, headers, body), reply);
     });
+  }
+
+  /**
+   * Hands a request to the front end, at most `maxInFlightPerConnection` of one connection
+   * at a time: past that, the request waits its turn and the connection is not read until
+   * one of its requests is answered (what node:http parsed already waits here, in order).
+   */
+  private dispatch(socket: Socket, request: EngineRequest, reply: NodeReply): void {
+    let lane = this.lanes.get(socket);
+    if (lane === undefined) {
+      lane = { inFlight: 0, waiting: [] };
+      this.lanes.set(socket, lane);
+    }
+    const current = lane;
+    reply.onDone(() => this.release(socket, current));
+    if (current.inFlight >= this.limits.maxInFlightPerConnection) {
+      current.waiting.push({ request, reply });
+      if (!socket.isPaused()) {
+        socket.pause();
+        this.throttled++;
+      }
+      return;
+    }
+    current.inFlight++;
+    this.handler(request, reply);
+  }
+
+  private release(socket: Socket, lane: Lane): void {
+    lane.inFlight--;
+    while (lane.waiting.length > 0 && lane.inFlight < this.limits.maxInFlightPerConnection) {
+      const next = lane.waiting.shift()!;
+      if (next.reply.aborted) continue;
+      lane.inFlight++;
+      this.handler(next.request, next.reply);
+    }
+    if (lane.waiting.length === 0 && socket.isPaused() && !socket.destroyed) socket.resume();
   }
 
   /** Answers a refused request through node:http (so after the answers before it) and closes the connection. */
@@ -357,6 +397,12 @@ function writeResponse(res: http.ServerResponse, status: number, headers: readon
   res.end(body);
 }
 
+/** One connection's requests in the pipeline, and those waiting their turn, in order. */
+interface Lane {
+  inFlight: number;
+  readonly waiting: { readonly request: EngineRequest; readonly reply: NodeReply }[];
+}
+
 /** Whether the engine is draining: shared by the engine and every reply it hands out. */
 interface DrainState {
   draining: boolean;
@@ -364,6 +410,7 @@ interface DrainState {
 
 class NodeReply implements EngineReply {
   private abortFn: (() => void) | undefined;
+  private doneFn: (() => void) | undefined;
   private sent = false;
   aborted = false;
 
@@ -375,6 +422,7 @@ class NodeReply implements EngineReply {
       if (this.sent) return;
       this.aborted = true;
       this.abortFn?.();
+      this.finish();
     });
   }
 
@@ -382,9 +430,21 @@ class NodeReply implements EngineReply {
     this.abortFn = fn;
   }
 
+  /** Called once when the reply has been sent or its client has gone. */
+  onDone(fn: () => void): void {
+    this.doneFn = fn;
+  }
+
+  private finish(): void {
+    const done = this.doneFn;
+    this.doneFn = undefined;
+    done?.();
+  }
+
   send(status: number, headers: readonly string[], body: Buffer, close: boolean): void {
     if (this.sent || this.aborted) return;
     this.sent = true;
     writeResponse(this.res, status, headers, body, close || this.drain.draining);
+    this.finish();
   }
 }
