@@ -161,6 +161,29 @@ describe('fairness', () => {
   });
 });
 
+describe('clients that do not read', () => {
+  it('cuts off a client that stops reading its answers after the write timeout, and cancels its requests', async () => {
+    await using bf = await start({ workers: 2, server: { writeTimeoutMs: 300, maxBodyBytes: 1024 * 1024 }, pipeline: { stages: [{ module: fixture('echo-stage.js') }] } });
+    const body = 'x'.repeat(256 * 1024);
+    const one = `POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    const socket = net.connect(bf.port, '127.0.0.1');
+    socket.on('error', () => {});
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.pause();
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    // 64 answers of 256 KiB each: far more than the sockets' buffers hold while unread.
+    socket.write(one.repeat(64));
+    await waitFor('the write timeout to close the connection', () => bf.server!.writeTimeouts === 1, 10_000);
+    let received = '';
+    socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+    socket.resume();
+    await closed;
+    expect((received.match(/HTTP\/1\.1 200 /g) ?? []).length).toBeLessThan(64);
+    await waitFor('its requests to be cancelled', () => bf.client.inFlight === 0, 5000);
+    expect((await request(bf.port, '/echo', { method: 'POST', body: 'still here' })).status).toBe(200);
+  });
+});
+
 describe('admission', () => {
   it("answers 503 with Retry-After at once when a stage's queue is full, and serves the rest", async () => {
     await using bf = await contract({ maxQueue: 4, stage: { workers: 1, concurrency: 1 } });

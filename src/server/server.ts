@@ -38,6 +38,11 @@ export interface ServerOptions {
    * unread (node engine), so that one connection cannot take every slot. Default 32.
    */
   maxInFlightPerConnection: number;
+  /**
+   * Time an answer may wait unsent because its client does not read, in ms; then the
+   * connection is closed and its requests are cancelled (node engine). Default 30000.
+   */
+  writeTimeoutMs: number;
   /** Told of every answer, cancellation and engine refusal, for metrics and access logs. Default none. */
   observer: RequestObserver | undefined;
   /** Add a `Server-Timing: pipeline;dur=MS` header to answers from the pipeline. Default false. */
@@ -60,6 +65,7 @@ export const SERVER_DEFAULTS = Object.freeze({
   requestReadTimeoutMs: 30_000,
   maxConnections: 20_000,
   maxInFlightPerConnection: 32,
+  writeTimeoutMs: 30_000,
   observer: undefined,
   serverTiming: false,
   logger: silentLogger,
@@ -131,6 +137,7 @@ export class ButterflyServer {
     integerIn('requestReadTimeoutMs', o.requestReadTimeoutMs, o.headersTimeoutMs);
     integerIn('maxConnections', o.maxConnections, 1);
     integerIn('maxInFlightPerConnection', o.maxInFlightPerConnection, 1);
+    integerIn('writeTimeoutMs', o.writeTimeoutMs, 1);
     if (typeof o.serverTiming !== 'boolean') throw new TypeError(`serverTiming must be a boolean, got ${String(o.serverTiming)}`);
     this.options = o;
     this.client = o.client;
@@ -154,6 +161,7 @@ export class ButterflyServer {
       requestReadTimeoutMs: o.requestReadTimeoutMs,
       maxConnections: o.maxConnections,
       maxInFlightPerConnection: o.maxInFlightPerConnection,
+      writeTimeoutMs: o.writeTimeoutMs,
     };
     this.engine = await createEngine(
       o.engine,
@@ -168,6 +176,11 @@ export class ButterflyServer {
     this.state = 'running';
     this.logger.info({ host: o.host, port: this.port, engine: o.engine }, 'listening');
     return this.port;
+  }
+
+  /** Connections closed because their client did not read its answers within `writeTimeoutMs`, since start. */
+  get writeTimeouts(): number {
+    return this.engine?.writeTimeouts ?? 0;
   }
 
   /** Stops accepting connections; open ones finish their requests. Idempotent. */

@@ -69,6 +69,11 @@ export interface EngineLimits {
    * closes a connection that pipelines before its answer).
    */
   readonly maxInFlightPerConnection: number;
+  /**
+   * Time an answer may sit unsent because its client does not read, in ms; then the
+   * connection is closed and its requests are cancelled (node engine).
+   */
+  readonly writeTimeoutMs: number;
 }
 
 /** Refusals an engine answers itself, reported to the front end for counting and logging. */
@@ -78,6 +83,8 @@ export type Refusal = (status: number, code: string) => void;
 export interface HttpEngine {
   /** Starts listening; resolves with the port bound (useful with port 0). */
   listen(host: string, port: number): Promise<number>;
+  /** Connections closed because their client did not read its answers in time, since start. */
+  readonly writeTimeouts: number;
   /** Stops accepting connections; connections already open finish their requests. */
   close(): Promise<void>;
 }

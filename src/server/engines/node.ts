@@ -34,6 +34,39 @@ export class NodeEngine implements HttpEngine {
   private readonly server: http.Server;
   /** node:http's own handler of a new connection, called once its first bytes were looked at. */
   private readonly takeOver: (socket: Socket) => void;
+  /** Connections closed because their client did not read its answers within `writeTimeoutMs`. */
+  writeTimeouts = 0;
+  /**
+   * After an answer is handed to node:http: until it is all written, the connection must
+   * make progress (an answer of it finishing) at least every `writeTimeoutMs`, or it is
+   * closed, which cancels its requests. A client that stops reading cannot hold a
+   * connection, its answers and their memory for ever.
+   */
+  private readonly watchWrites = (socket: Socket, res: http.ServerResponse): void => {
+    const lane = this.lanes.get(socket);
+    if (lane === undefined || socket.destroyed) return;
+    lane.unsent++;
+    this.armWriteTimer(socket, lane);
+    res.once('finish', () => {
+      lane.unsent--;
+      if (lane.unsent === 0) {
+        clearTimeout(lane.writeTimer);
+        lane.writeTimer = undefined;
+      } else {
+        this.armWriteTimer(socket, lane);
+      }
+    });
+  };
+
+  private armWriteTimer(socket: Socket, lane: Lane): void {
+    clearTimeout(lane.writeTimer);
+    lane.writeTimer = setTimeout(() => {
+      this.writeTimeouts++;
+      socket.destroy();
+    }, this.limits.writeTimeoutMs);
+    lane.writeTimer.unref();
+  }
+
   /** Requests in the pipeline, and waiting their turn, per connection. */
   private readonly lanes = new WeakMap<Socket, Lane>();
   /** Times a connection was left unread because it had `maxInFlightPerConnection` requests in the pipeline. */
@@ -192,7 +225,7 @@ export class NodeEngine implements HttpEngine {
       return;
     }
     if (expectsContinue) res.writeContinue();
-    const reply = new NodeReply(res, this.drain);
+    const reply = new NodeReply(res, this.drain, req.socket, this.watchWrites);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     if (!hasBody) {
       this.dispatch(req.socket, makeRequest(req, method, target, headers, EMPTY), reply);
@@ -231,8 +264,10 @@ export class NodeEngine implements HttpEngine {
   private dispatch(socket: Socket, request: EngineRequest, reply: NodeReply): void {
     let lane = this.lanes.get(socket);
     if (lane === undefined) {
-      lane = { inFlight: 0, waiting: [] };
+      lane = { inFlight: 0, waiting: [], unsent: 0, writeTimer: undefined };
       this.lanes.set(socket, lane);
+      const current = lane;
+      socket.once('close', () => clearTimeout(current.writeTimer));
     }
     const current = lane;
     reply.onDone(() => this.release(socket, current));
@@ -401,6 +436,9 @@ function writeResponse(res: http.ServerResponse, status: number, headers: readon
 interface Lane {
   inFlight: number;
   readonly waiting: { readonly request: EngineRequest; readonly reply: NodeReply }[];
+  /** Answers handed to node:http and not yet all written. */
+  unsent: number;
+  writeTimer: NodeJS.Timeout | undefined;
 }
 
 /** Whether the engine is draining: shared by the engine and every reply it hands out. */
@@ -417,6 +455,8 @@ class NodeReply implements EngineReply {
   constructor(
     private readonly res: http.ServerResponse,
     private readonly drain: DrainState,
+    private readonly socket: Socket,
+    private readonly written: (socket: Socket, res: http.ServerResponse) => void,
   ) {
     res.once('close', () => {
       if (this.sent) return;
@@ -445,6 +485,7 @@ class NodeReply implements EngineReply {
     if (this.sent || this.aborted) return;
     this.sent = true;
     writeResponse(this.res, status, headers, body, close || this.drain.draining);
+    this.written(this.socket, this.res);
     this.finish();
   }
 }

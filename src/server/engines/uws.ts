@@ -58,6 +58,8 @@ export async function loadUws(): Promise<Uws> {
 export class UwsEngine implements HttpEngine {
   private readonly app: TemplatedApp;
   private listenSocket: us_listen_socket | undefined;
+  /** uWS applies no write timeout of ours: a connection that does not read closes at its own idle timeout. */
+  readonly writeTimeouts = 0;
   /** Set once `close()` is called: every answer then closes its connection. */
   private readonly drain = { draining: false };
 
