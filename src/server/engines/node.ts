@@ -45,27 +45,18 @@ export class NodeEngine implements HttpEngine {
   private readonly watchWrites = (socket: Socket, res: http.ServerResponse): void => {
     const lane = this.lanes.get(socket);
     if (lane === undefined || socket.destroyed) return;
-    lane.unsent++;
-    this.armWriteTimer(socket, lane);
+    if (lane.unsent++ === 0) {
+      lane.lastWritten = Date.now();
+      this.writing.set(socket, lane);
+    }
     res.once('finish', () => {
-      lane.unsent--;
-      if (lane.unsent === 0) {
-        clearTimeout(lane.writeTimer);
-        lane.writeTimer = undefined;
-      } else {
-        this.armWriteTimer(socket, lane);
-      }
+      lane.lastWritten = Date.now();
+      if (--lane.unsent === 0) this.writing.delete(socket);
     });
   };
 
-  private armWriteTimer(socket: Socket, lane: Lane): void {
-    clearTimeout(lane.writeTimer);
-    lane.writeTimer = setTimeout(() => {
-      this.writeTimeouts++;
-      socket.destroy();
-    }, this.limits.writeTimeoutMs);
-    lane.writeTimer.unref();
-  }
+  /** Connections with answers not yet all written; the sweep closes those that made no progress for `writeTimeoutMs`. */
+  private readonly writing = new Map<Socket, Lane>();
 
   /** Requests in the pipeline, and waiting their turn, per connection. */
   private readonly lanes = new WeakMap<Socket, Lane>();
@@ -149,7 +140,7 @@ export class NodeEngine implements HttpEngine {
         // Once listening, errors are failed accepts (out of file descriptors, say): the
         // connection is lost, the server goes on.
         this.server.on('error', () => this.onRefusal(503, 'BF_ERR_ACCEPT_FAILED'));
-        this.sweepTimer = setInterval(() => this.sweepFresh(), this.checkInterval);
+        this.sweepTimer = setInterval(() => this.sweep(), this.checkInterval);
         this.sweepTimer.unref();
         resolve((this.server.address() as { port: number }).port);
       });
@@ -200,13 +191,22 @@ export class NodeEngine implements HttpEngine {
   }
 
   /** 408 for connections that sent nothing within the head's time limit, as node:http does once it has them. */
-  private sweepFresh(): void {
-    const since = Date.now() - this.limits.headersTimeoutMs;
+  private sweep(): void {
+    const now = Date.now();
+    const since = now - this.limits.headersTimeoutMs;
     for (const [socket, came] of this.fresh) {
       // In arrival order: the first one young enough ends the sweep.
       if (came > since) break;
       this.forget(socket);
       this.endWith(socket, REQUEST_TIMEOUT);
+    }
+    const stalledSince = now - this.limits.writeTimeoutMs;
+    for (const [socket, lane] of this.writing) {
+      if (lane.lastWritten > stalledSince) continue;
+      // Its client has not taken an answer for the whole write timeout: closing it cancels its requests.
+      this.writing.delete(socket);
+      this.writeTimeouts++;
+      socket.destroy();
     }
   }
 
@@ -264,10 +264,9 @@ export class NodeEngine implements HttpEngine {
   private dispatch(socket: Socket, request: EngineRequest, reply: NodeReply): void {
     let lane = this.lanes.get(socket);
     if (lane === undefined) {
-      lane = { inFlight: 0, waiting: [], unsent: 0, writeTimer: undefined };
+      lane = { inFlight: 0, waiting: [], unsent: 0, lastWritten: 0 };
       this.lanes.set(socket, lane);
-      const current = lane;
-      socket.once('close', () => clearTimeout(current.writeTimer));
+      socket.once('close', () => this.writing.delete(socket));
     }
     const current = lane;
     reply.onDone(() => this.release(socket, current));
@@ -352,9 +351,9 @@ export class NodeEngine implements HttpEngine {
 
 const EMPTY = Buffer.alloc(0);
 
-/** How often timeouts are checked, in ms: a quarter of the shorter one, from 10 ms to 1 s. */
+/** How often timeouts are checked, in ms: a quarter of the shortest one, from 10 ms to 1 s. */
 function checkInterval(limits: EngineLimits): number {
-  return Math.max(10, Math.min(1000, Math.floor(Math.min(limits.headersTimeoutMs, limits.requestReadTimeoutMs) / 4)));
+  return Math.max(10, Math.min(1000, Math.floor(Math.min(limits.headersTimeoutMs, limits.requestReadTimeoutMs, limits.writeTimeoutMs) / 4)));
 }
 
 function makeRequest(req: http.IncomingMessage, method: string, target: string, headers: string[], body: Buffer): EngineRequest {
@@ -438,7 +437,8 @@ interface Lane {
   readonly waiting: { readonly request: EngineRequest; readonly reply: NodeReply }[];
   /** Answers handed to node:http and not yet all written. */
   unsent: number;
-  writeTimer: NodeJS.Timeout | undefined;
+  /** When an answer of it last finished (or the first unsent one was handed over), ms since the epoch. */
+  lastWritten: number;
 }
 
 /** Whether the engine is draining: shared by the engine and every reply it hands out. */
