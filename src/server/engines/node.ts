@@ -37,22 +37,31 @@ export class NodeEngine implements HttpEngine {
   /** Connections closed because their client did not read its answers within `writeTimeoutMs`. */
   writeTimeouts = 0;
   /**
-   * After an answer is handed to node:http: until it is all written, the connection must
-   * make progress (an answer of it finishing) at least every `writeTimeoutMs`, or it is
-   * closed, which cancels its requests. A client that stops reading cannot hold a
-   * connection, its answers and their memory for ever.
+   * What every reply of this engine reports to: whether the engine drains, when a reply of
+   * a connection's lane is done (its slot goes to the next waiting request), and when an
+   * answer could not all be written at once: until it is, the connection must make
+   * progress (an answer of it finishing) within `writeTimeoutMs`, or the sweep closes it,
+   * which cancels its requests. A client that stops reading cannot hold a connection, its
+   * answers and their memory for ever.
    */
-  private readonly watchWrites = (socket: Socket, res: http.ServerResponse): void => {
-    const lane = this.lanes.get(socket);
-    if (lane === undefined || socket.destroyed) return;
-    if (lane.unsent++ === 0) {
-      lane.lastWritten = Date.now();
-      this.writing.set(socket, lane);
-    }
-    res.once('finish', () => {
-      lane.lastWritten = Date.now();
-      if (--lane.unsent === 0) this.writing.delete(socket);
-    });
+  private readonly owner: ReplyOwner = {
+    draining: false,
+    release: (socket, lane) => this.release(socket, lane),
+    written: (socket, lane, res) => {
+      // Written, or about to be (node:http uncorks at the next tick), with the socket not
+      // backed up: nothing to watch (the usual case, and no cost). An answer queued behind an
+      // earlier one, or a socket past its high-water mark, is watched.
+      if (res.socket === socket && !socket.writableNeedDrain) return;
+      if (socket.destroyed) return;
+      if (lane.unsent++ === 0) {
+        lane.lastWritten = Date.now();
+        this.writing.set(socket, lane);
+      }
+      res.once('finish', () => {
+        lane.lastWritten = Date.now();
+        if (--lane.unsent === 0) this.writing.delete(socket);
+      });
+    },
   };
 
   /** Connections with answers not yet all written; the sweep closes those that made no progress for `writeTimeoutMs`. */
@@ -62,8 +71,6 @@ export class NodeEngine implements HttpEngine {
   private readonly lanes = new WeakMap<Socket, Lane>();
   /** Times a connection was left unread because it had `maxInFlightPerConnection` requests in the pipeline. */
   throttled = 0;
-  /** Set once `close()` is called: every answer then closes its connection. */
-  private readonly drain: DrainState = { draining: false };
   /** Connections whose first bytes have not arrived yet (node:http does not know them yet), with when they came, in ms. */
   private readonly fresh = new Map<Socket, number>();
   /** Connections already given their one error response; later parse errors on them are ignored. */
@@ -150,7 +157,7 @@ export class NodeEngine implements HttpEngine {
   close(): Promise<void> {
     // From now on every answer says `Connection: close` and ends its connection once
     // written, so that no client sends another request on a connection about to go.
-    this.drain.draining = true;
+    this.owner.draining = true;
     return new Promise((resolve) => {
       this.server.close(() => resolve());
       this.server.closeIdleConnections();
@@ -225,7 +232,7 @@ export class NodeEngine implements HttpEngine {
       return;
     }
     if (expectsContinue) res.writeContinue();
-    const reply = new NodeReply(res, this.drain, req.socket, this.watchWrites);
+    const reply = new NodeReply(res, this.owner, req.socket);
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     if (!hasBody) {
       this.dispatch(req.socket, makeRequest(req, method, target, headers, EMPTY), reply);
@@ -268,17 +275,16 @@ export class NodeEngine implements HttpEngine {
       this.lanes.set(socket, lane);
       socket.once('close', () => this.writing.delete(socket));
     }
-    const current = lane;
-    reply.onDone(() => this.release(socket, current));
-    if (current.inFlight >= this.limits.maxInFlightPerConnection) {
-      current.waiting.push({ request, reply });
+    reply.lane = lane;
+    if (lane.inFlight >= this.limits.maxInFlightPerConnection) {
+      lane.waiting.push({ request, reply });
       if (!socket.isPaused()) {
         socket.pause();
         this.throttled++;
       }
       return;
     }
-    current.inFlight++;
+    lane.inFlight++;
     this.handler(request, reply);
   }
 
@@ -441,28 +447,31 @@ interface Lane {
   lastWritten: number;
 }
 
-/** Whether the engine is draining: shared by the engine and every reply it hands out. */
-interface DrainState {
+/** What a reply reports to its engine (see `NodeEngine.owner`). */
+interface ReplyOwner {
+  /** Set once the engine drains: every answer then closes its connection. */
   draining: boolean;
+  release(socket: Socket, lane: Lane): void;
+  written(socket: Socket, lane: Lane, res: http.ServerResponse): void;
 }
 
 class NodeReply implements EngineReply {
   private abortFn: (() => void) | undefined;
-  private doneFn: (() => void) | undefined;
   private sent = false;
   aborted = false;
+  /** The lane of its connection, once it was handed to the front end (see `dispatch`). */
+  lane: Lane | undefined;
 
   constructor(
     private readonly res: http.ServerResponse,
-    private readonly drain: DrainState,
+    private readonly owner: ReplyOwner,
     private readonly socket: Socket,
-    private readonly written: (socket: Socket, res: http.ServerResponse) => void,
   ) {
     res.once('close', () => {
       if (this.sent) return;
       this.aborted = true;
       this.abortFn?.();
-      this.finish();
+      this.done();
     });
   }
 
@@ -470,22 +479,18 @@ class NodeReply implements EngineReply {
     this.abortFn = fn;
   }
 
-  /** Called once when the reply has been sent or its client has gone. */
-  onDone(fn: () => void): void {
-    this.doneFn = fn;
-  }
-
-  private finish(): void {
-    const done = this.doneFn;
-    this.doneFn = undefined;
-    done?.();
+  /** Gives its lane slot back, once: it has been sent or its client has gone. */
+  private done(): void {
+    const lane = this.lane;
+    this.lane = undefined;
+    if (lane !== undefined) this.owner.release(this.socket, lane);
   }
 
   send(status: number, headers: readonly string[], body: Buffer, close: boolean): void {
     if (this.sent || this.aborted) return;
     this.sent = true;
-    writeResponse(this.res, status, headers, body, close || this.drain.draining);
-    this.written(this.socket, this.res);
-    this.finish();
+    writeResponse(this.res, status, headers, body, close || this.owner.draining);
+    if (this.lane !== undefined) this.owner.written(this.socket, this.lane, this.res);
+    this.done();
   }
 }
