@@ -8,7 +8,7 @@ import * as zmq from 'zeromq';
 import type { Butterfly, ButterflyOptions } from '../dist/index.js';
 import { RequestData } from '../dist/index.js';
 import { Kind, RecordWriter, writeResponse } from '../dist/wire/index.js';
-import { daemon, fixture, request, start } from './helpers.js';
+import { type Answer, daemon, fixture, request, start } from './helpers.js';
 
 let dir: string;
 beforeAll(() => {
@@ -158,6 +158,19 @@ describe('fairness', () => {
     } finally {
       socket.destroy();
     }
+  });
+});
+
+describe('request bodies in flight', () => {
+  it('refuses a body that does not fit the bound on body bytes held across the server with 503, and takes it again once room is made', async () => {
+    await using bf = await contract({ server: { maxBodyBytes: 700 * 1024, maxBodyBytesInFlight: 1024 * 1024 } });
+    const body = Buffer.alloc(600 * 1024, 1);
+    const post = (): Promise<Answer> => request(bf.port, '/sleep?ms=400', { method: 'POST', body });
+    const answers = await Promise.all([post(), post(), post()]);
+    // One 600 KiB body fits the 1 MiB bound; the others are refused while it is held.
+    expect(answers.map((a) => a.status).sort()).toEqual([200, 503, 503]);
+    for (const a of answers.filter((x) => x.status === 503)) expect(JSON.parse(a.body).error.code).toBe('BF_ERR_OVERLOADED');
+    expect((await post()).status).toBe(200);
   });
 });
 

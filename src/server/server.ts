@@ -43,6 +43,12 @@ export interface ServerOptions {
    * connection is closed and its requests are cancelled (node engine). Default 30000.
    */
   writeTimeoutMs: number;
+  /**
+   * Bytes of request bodies held at once across the server (each counted from its
+   * `Content-Length`, or as it arrives, until its request is answered); a body that does not
+   * fit is refused 503 (node engine). At least `maxBodyBytes`. Default 256 MiB.
+   */
+  maxBodyBytesInFlight: number;
   /** Told of every answer, cancellation and engine refusal, for metrics and access logs. Default none. */
   observer: RequestObserver | undefined;
   /** Add a `Server-Timing: pipeline;dur=MS` header to answers from the pipeline. Default false. */
@@ -66,6 +72,7 @@ export const SERVER_DEFAULTS = Object.freeze({
   maxConnections: 20_000,
   maxInFlightPerConnection: 32,
   writeTimeoutMs: 30_000,
+  maxBodyBytesInFlight: 256 * 1024 * 1024,
   observer: undefined,
   serverTiming: false,
   logger: silentLogger,
@@ -138,6 +145,7 @@ export class ButterflyServer {
     integerIn('maxConnections', o.maxConnections, 1);
     integerIn('maxInFlightPerConnection', o.maxInFlightPerConnection, 1);
     integerIn('writeTimeoutMs', o.writeTimeoutMs, 1);
+    integerIn('maxBodyBytesInFlight', o.maxBodyBytesInFlight, o.maxBodyBytes);
     if (typeof o.serverTiming !== 'boolean') throw new TypeError(`serverTiming must be a boolean, got ${String(o.serverTiming)}`);
     this.options = o;
     this.client = o.client;
@@ -162,6 +170,7 @@ export class ButterflyServer {
       maxConnections: o.maxConnections,
       maxInFlightPerConnection: o.maxInFlightPerConnection,
       writeTimeoutMs: o.writeTimeoutMs,
+      maxBodyBytesInFlight: o.maxBodyBytesInFlight,
     };
     this.engine = await createEngine(
       o.engine,

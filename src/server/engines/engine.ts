@@ -74,6 +74,8 @@ export interface EngineLimits {
    * connection is closed and its requests are cancelled (node engine).
    */
   readonly writeTimeoutMs: number;
+  /** Bytes of request bodies held at once across the server, read or declared; a body that does not fit is refused 503 (node engine). */
+  readonly maxBodyBytesInFlight: number;
 }
 
 /** Refusals an engine answers itself, reported to the front end for counting and logging. */

@@ -46,6 +46,9 @@ export class NodeEngine implements HttpEngine {
    */
   private readonly owner: ReplyOwner = {
     draining: false,
+    releaseBody: (bytes) => {
+      this.bodyBytes -= bytes;
+    },
     release: (socket, lane) => this.release(socket, lane),
     written: (socket, lane, res) => {
       // Written, or about to be (node:http uncorks at the next tick), with the socket not
@@ -63,6 +66,18 @@ export class NodeEngine implements HttpEngine {
       });
     },
   };
+
+  /** Bytes of request bodies held now, declared or read, until their requests are answered. */
+  private bodyBytes = 0;
+
+  /** Counts `bytes` more of a request's body as held by `reply` until it is done; false when they do not fit. */
+  private holdBody(reply: NodeReply, bytes: number): boolean {
+    if (bytes === 0) return true;
+    if (this.bodyBytes + bytes > this.limits.maxBodyBytesInFlight) return false;
+    this.bodyBytes += bytes;
+    reply.heldBytes += bytes;
+    return true;
+  }
 
   /** Connections with answers not yet all written; the sweep closes those that made no progress for `writeTimeoutMs`. */
   private readonly writing = new Map<Socket, Lane>();
@@ -244,12 +259,24 @@ export class NodeEngine implements HttpEngine {
     // A large body of known length is read straight into a buffer with room for its job's
     // head in front, so that it reaches its stage without another copy.
     const length = Number(req.headers['content-length']);
+    // Bodies held across the server are bounded in bytes: one that does not fit is refused
+    // before it is read (by its declared length) or as it arrives (chunked).
+    const declared = Number.isSafeInteger(length) && length > 0 ? length : 0;
+    if (!this.holdBody(reply, declared)) {
+      this.refuse(res, BODIES_FULL);
+      return;
+    }
     const into = length >= LARGE_RECORD_BYTES && length <= this.limits.maxBodyBytes ? allocateBody(length) : undefined;
     req.on('data', (chunk: Buffer) => {
       if (refused) return;
       if (size + chunk.length > (into?.length ?? this.limits.maxBodyBytes)) {
         refused = true;
         this.refuse(res, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
+        return;
+      }
+      if (declared === 0 && !this.holdBody(reply, chunk.length)) {
+        refused = true;
+        this.refuse(res, BODIES_FULL);
         return;
       }
       if (into !== undefined) chunk.copy(into, size);
@@ -357,6 +384,9 @@ export class NodeEngine implements HttpEngine {
 
 const EMPTY = Buffer.alloc(0);
 
+/** 503 for a body that does not fit the server's bound on body bytes held at once. */
+const BODIES_FULL: ErrorData = Object.freeze(refusal('BF_ERR_OVERLOADED', 'too many request bytes in flight; try again'));
+
 /** How often timeouts are checked, in ms: a quarter of the shortest one, from 10 ms to 1 s. */
 function checkInterval(limits: EngineLimits): number {
   return Math.max(10, Math.min(1000, Math.floor(Math.min(limits.headersTimeoutMs, limits.requestReadTimeoutMs, limits.writeTimeoutMs) / 4)));
@@ -452,6 +482,7 @@ interface ReplyOwner {
   /** Set once the engine drains: every answer then closes its connection. */
   draining: boolean;
   release(socket: Socket, lane: Lane): void;
+  releaseBody(bytes: number): void;
   written(socket: Socket, lane: Lane, res: http.ServerResponse): void;
 }
 
@@ -461,6 +492,8 @@ class NodeReply implements EngineReply {
   aborted = false;
   /** The lane of its connection, once it was handed to the front end (see `dispatch`). */
   lane: Lane | undefined;
+  /** Bytes of its request's body counted against the server's bound until it is done. */
+  heldBytes = 0;
 
   constructor(
     private readonly res: http.ServerResponse,
@@ -481,6 +514,10 @@ class NodeReply implements EngineReply {
 
   /** Gives its lane slot back, once: it has been sent or its client has gone. */
   private done(): void {
+    if (this.heldBytes > 0) {
+      this.owner.releaseBody(this.heldBytes);
+      this.heldBytes = 0;
+    }
     const lane = this.lane;
     this.lane = undefined;
     if (lane !== undefined) this.owner.release(this.socket, lane);
