@@ -1,6 +1,6 @@
 /**
- * A first-in first-out ring buffer of growing capacity. Callers bound it: the job queue
- * checks its limit before `push`, the ready list holds at most the workers' capacity.
+ * A first-in first-out ring buffer of growing capacity. Callers bound it: the ready list
+ * holds each live worker at most once.
  */
 export class Fifo<T> {
   private items: (T | undefined)[];
@@ -21,14 +21,6 @@ export class Fifo<T> {
     this.count++;
   }
 
-  /** Puts an item at the front, to be taken next. */
-  unshift(item: T): void {
-    if (this.count === this.items.length) this.grow();
-    this.head = (this.head - 1 + this.items.length) % this.items.length;
-    this.items[this.head] = item;
-    this.count++;
-  }
-
   shift(): T | undefined {
     if (this.count === 0) return undefined;
     const item = this.items[this.head];
@@ -36,13 +28,6 @@ export class Fifo<T> {
     this.head = (this.head + 1) % this.items.length;
     this.count--;
     return item;
-  }
-
-  /** Removes every item. */
-  clear(): void {
-    this.items = new Array<T | undefined>(this.items.length);
-    this.head = 0;
-    this.count = 0;
   }
 
   private grow(): void {

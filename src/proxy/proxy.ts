@@ -115,7 +115,6 @@ interface WorkerLink {
   writer(): RecordWriter;
   /** Returns true when the bytes were moved to the worker's thread. */
   sendAlone(frame: Buffer, move: boolean): boolean;
-  schedule(): void;
   forget(): void;
 }
 
@@ -280,7 +279,6 @@ export class Proxy {
         return outbox.writer;
       },
       sendAlone: (frame, move) => outbox.sendAlone(frame, move),
-      schedule: () => this.scheduleWorkers(),
       // The port stays open until its thread ends: the BYE that releases a leaving worker must reach it.
       forget: () => {
         this.dirtyPorts.delete(outbox);
@@ -464,22 +462,26 @@ export class Proxy {
     const identity = frames[0];
     if (identity === undefined) return;
     const key = identity.toString('hex');
-    const link: WorkerLink = {
-      writer: () => this.toWorkers.writerFor(key, identity),
-      sendAlone: (frame) => {
-        this.toWorkers.sendAlone(key, identity, frame);
-        return false;
-      },
-      schedule: () => this.toWorkers.schedule(),
-      forget: () => this.toWorkers.release(key),
-    };
     const frame = frames[1];
     if (frame === undefined) {
       this.undecodable++;
       return;
     }
-    const known = this.workers.get(key);
-    this.onWorkerFrame(key, known?.link ?? link, frame, false, identity);
+    // A known worker's link is kept with it; one is made only for a peer met for the first time.
+    const link = this.workers.get(key)?.link ?? this.routerLink(key, identity);
+    this.onWorkerFrame(key, link, frame, false, identity);
+  }
+
+  /** How the proxy writes to a worker that is a peer of its ROUTER backend. */
+  private routerLink(key: string, identity: Buffer): WorkerLink {
+    return {
+      writer: () => this.toWorkers.writerFor(key, identity),
+      sendAlone: (frame) => {
+        this.toWorkers.sendAlone(key, identity, frame);
+        return false;
+      },
+      forget: () => this.toWorkers.release(key),
+    };
   }
 
   /**

@@ -93,8 +93,6 @@ export class Outbox implements RecordSink {
   private queuedBytes = 0;
   private scheduled = false;
   private sending = false;
-  /** Records dropped because their send failed or timed out, since start. */
-  dropped = 0;
   private readonly flushBound = (): void => void this.send();
   private readonly maxBytes: number;
 
@@ -156,7 +154,6 @@ export class Outbox implements RecordSink {
       try {
         for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send(piece);
       } catch (err) {
-        this.dropped += records;
         if (!this.socket.closed) this.logger.warn({ err, socket: this.name, records }, 'send failed; records dropped');
       } finally {
         this.sending = false;

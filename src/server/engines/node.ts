@@ -84,8 +84,6 @@ export class NodeEngine implements HttpEngine {
 
   /** Requests in the pipeline, and waiting their turn, per connection. */
   private readonly lanes = new WeakMap<Socket, Lane>();
-  /** Times a connection was left unread because it had `maxInFlightPerConnection` requests in the pipeline. */
-  throttled = 0;
   /** Connections whose first bytes have not arrived yet (node:http does not know them yet), with when they came, in ms. */
   private readonly fresh = new Map<Socket, number>();
   /** Connections already given their one error response; later parse errors on them are ignored. */
@@ -305,10 +303,7 @@ export class NodeEngine implements HttpEngine {
     reply.lane = lane;
     if (lane.inFlight >= this.limits.maxInFlightPerConnection) {
       lane.waiting.push({ request, reply });
-      if (!socket.isPaused()) {
-        socket.pause();
-        this.throttled++;
-      }
+      if (!socket.isPaused()) socket.pause();
       return;
     }
     lane.inFlight++;
