@@ -14,12 +14,19 @@ export const ERROR_STATUS = Object.freeze({
   BF_ERR_URL_TOO_LONG: 414,
   BF_ERR_EXPECTATION: 417,
   BF_ERR_HEADERS_TOO_LARGE: 431,
+  BF_ERR_CANCELLED: 499,
   BF_ERR_STAGE_FAILED: 500,
   BF_ERR_NO_NEXT_STAGE: 500,
   BF_ERR_INTERNAL: 500,
+  BF_ERR_INVALID_OPTION: 500,
+  BF_ERR_STAGE_LOAD: 500,
+  BF_ERR_WORKER_START: 500,
+  BF_ERR_UWS_UNAVAILABLE: 500,
+  BF_ERR_LISTEN_FAILED: 500,
   BF_ERR_NOT_IMPLEMENTED: 501,
   BF_ERR_WORKER_DIED: 502,
   BF_ERR_BAD_ANSWER: 502,
+  BF_ERR_WIRE: 502,
   BF_ERR_OVERLOADED: 503,
   BF_ERR_NO_WORKER: 503,
   BF_ERR_DRAINING: 503,
@@ -55,16 +62,61 @@ export class ButterflyError extends Error implements ErrorRecord {
   }
 }
 
-/** Thrown at construction when an option is invalid; names the option and its value. */
-export class InvalidOptionError extends Error {
-  readonly code = 'BF_ERR_INVALID_OPTION';
+/**
+ * Thrown at construction (or by the daemon, naming a flag) when an option is invalid:
+ * `workers must be an integer from 1 to 256, got 0`. `BF_ERR_INVALID_OPTION`.
+ */
+export class InvalidOptionError extends ButterflyError {
+  /** The option as the message names it: a name, a field path, a flag or a variable. */
   readonly option: string;
 
+  /** @param expected what the value must be (`an integer from 1 to 256`), or must do (`list ...`). */
   constructor(option: string, expected: string, got: unknown) {
-    super(`${option} must be ${expected}, got ${describe(got)}`);
+    super('BF_ERR_INVALID_OPTION', `${option} must ${/^(list|start) /.test(expected) ? '' : 'be '}${expected}, got ${describe(got)}`);
     this.name = 'InvalidOptionError';
     this.option = option;
   }
+}
+
+/** A stage module that cannot be imported, or whose default export is not a stage. `BF_ERR_STAGE_LOAD`. */
+export class StageLoadError extends ButterflyError {
+  constructor(message: string) {
+    super('BF_ERR_STAGE_LOAD', message);
+    this.name = 'StageLoadError';
+  }
+}
+
+/** A worker that failed to start: its stage's setup threw, it exited, or it did not join in time. `BF_ERR_WORKER_START`. */
+export class WorkerStartError extends ButterflyError {
+  constructor(message: string) {
+    super('BF_ERR_WORKER_START', message);
+    this.name = 'WorkerStartError';
+  }
+}
+
+/** The uws engine was asked for, but uWebSockets.js's native addon did not load. `BF_ERR_UWS_UNAVAILABLE`. */
+export class UwsUnavailableError extends ButterflyError {
+  constructor() {
+    super(
+      'BF_ERR_UWS_UNAVAILABLE',
+      `the uws engine needs uWebSockets.js's native addon, which did not load on this platform ` +
+        `(${process.platform}-${process.arch}, Node ${process.versions.node}, ABI ${process.versions.modules}); use --engine node`,
+    );
+    this.name = 'UwsUnavailableError';
+  }
+}
+
+/** A message that does not follow the wire format, or a value it cannot carry. `BF_ERR_WIRE`. */
+export class WireError extends ButterflyError {
+  constructor(message: string) {
+    super('BF_ERR_WIRE', message);
+    this.name = 'WireError';
+  }
+}
+
+/** The reason a job's `ctx.signal` aborts with when its client went away or cancelled it. `BF_ERR_CANCELLED`. */
+export function cancelledError(): ButterflyError {
+  return new ButterflyError('BF_ERR_CANCELLED', 'the request was cancelled');
 }
 
 function describe(value: unknown): string {
@@ -86,6 +138,9 @@ export function bfError(code: ErrorCode, message: string): ButterflyError {
 /** A code a client may see: upper-case letters, digits and underscores, at most 64 bytes. */
 const CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
+/** Codes of butterfly's own faults in code or set-up: a stage that hits one failed, and says no more. */
+const INTERNAL_CODES: ReadonlySet<string> = new Set(['BF_ERR_INVALID_OPTION', 'BF_ERR_WIRE', 'BF_ERR_UWS_UNAVAILABLE', 'BF_ERR_STAGE_LOAD', 'BF_ERR_WORKER_START']);
+
 /** The longest error message sent on, in characters; a longer one is cut. */
 const MAX_MESSAGE = 1024;
 
@@ -93,10 +148,11 @@ const MAX_MESSAGE = 1024;
  * Turns anything a stage threw into the record a client may see: a ButterflyError keeps
  * its code, status and message (cut to 1,024 characters) when its code is a plain code of
  * at most 64 bytes and its status 400-599; anything else becomes `BF_ERR_STAGE_FAILED`
- * (500) with a message naming only the stage. The record can always be encoded.
+ * (500) with a message naming only the stage, as does butterfly's own error from inside
+ * a stage (a bad `ctx.respond`, a value the wire cannot carry). The record can always be encoded.
  */
 export function toErrorRecord(err: unknown, stageName: string): ErrorRecord {
-  if (err instanceof ButterflyError && typeof err.code === 'string' && CODE.test(err.code) && Number.isInteger(err.status) && err.status >= 400 && err.status <= 599) {
+  if (err instanceof ButterflyError && !INTERNAL_CODES.has(err.code) && typeof err.code === 'string' && CODE.test(err.code) && Number.isInteger(err.status) && err.status >= 400 && err.status <= 599) {
     const message = typeof err.message === 'string' ? err.message.slice(0, MAX_MESSAGE) : '';
     return { code: err.code, status: err.status, message };
   }

@@ -17,6 +17,11 @@
  * is a safe integer (`MAX_ID_PREFIX`); a record whose id is beyond that is rejected.
  */
 
+import { WireError } from '../errors.js';
+
+/** Raised by the decoders for anything that is not a well-formed record or payload. */
+export { WireError };
+
 /** The version byte every record starts with; a record of another version is rejected. */
 export const WIRE_VERSION = 2;
 
@@ -92,15 +97,6 @@ export interface WireRecord {
   id: number;
   deadline: number;
   payload: Buffer;
-}
-
-/** Raised by the decoders for anything that is not a well-formed record or payload. */
-export class WireError extends Error {
-  readonly code = 'BF_ERR_WIRE';
-  constructor(message: string) {
-    super(message);
-    this.name = 'WireError';
-  }
 }
 
 /**

@@ -89,4 +89,6 @@ export interface HttpEngine {
   readonly writeTimeouts: number;
   /** Stops accepting connections; connections already open finish their requests. */
   close(): Promise<void>;
+  /** Stops accepting connections and closes every open one at once. */
+  destroy(): Promise<void>;
 }

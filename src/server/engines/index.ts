@@ -3,7 +3,7 @@ import { NodeEngine } from './node.js';
 import { UwsEngine, loadUws } from './uws.js';
 
 export type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
-export { UwsUnavailableError } from './uws.js';
+export { UwsUnavailableError } from '../../errors.js';
 
 /** The HTTP engines: `node` (node:http, every HTTP/1.x client) and `uws` (uWebSockets.js, HTTP/1.1 with Host). */
 export type EngineName = 'node' | 'uws';

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { Socket } from 'node:net';
+import { ButterflyError } from '../../errors.js';
 import { LARGE_RECORD_BYTES, allocateBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, errorBody, refusal } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
@@ -129,7 +130,7 @@ export class NodeEngine implements HttpEngine {
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
     this.server.on('drop', () => this.onRefusal(503, 'BF_ERR_TOO_MANY_CONNECTIONS'));
     const listeners = this.server.listeners('connection');
-    if (listeners.length !== 1) throw new Error(`node:http registered ${listeners.length} connection handlers, expected 1`);
+    if (listeners.length !== 1) throw new ButterflyError('BF_ERR_INTERNAL', `node:http registered ${listeners.length} connection handlers, expected 1`);
     this.takeOver = listeners[0] as (socket: Socket) => void;
     this.server.removeListener('connection', this.takeOver);
     const firstBytes = (socket: Socket, chunk: Buffer): void => this.onFirstBytes(socket, chunk);
@@ -178,6 +179,12 @@ export class NodeEngine implements HttpEngine {
       for (const socket of this.fresh.keys()) socket.destroy();
       this.fresh.clear();
     });
+  }
+
+  destroy(): Promise<void> {
+    const closed = this.close();
+    this.server.closeAllConnections();
+    return closed;
   }
 
   /**

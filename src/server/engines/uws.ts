@@ -1,22 +1,12 @@
 import { createRequire } from 'node:module';
 import type { HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
+import { ButterflyError, UwsUnavailableError } from '../../errors.js';
 import type { ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, checkSyntax, errorBody, refusal, statusLine } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, HttpEngine, Refusal } from './engine.js';
 
 type Uws = typeof import('uWebSockets.js');
 
-/** Thrown when uWebSockets.js fell back to its slow pure-JS copy. */
-export class UwsUnavailableError extends Error {
-  readonly code = 'BF_ERR_UWS_UNAVAILABLE';
-  constructor() {
-    super(
-      `the uws engine needs uWebSockets.js's native addon, which did not load on this platform ` +
-        `(${process.platform}-${process.arch}, Node ${process.versions.node}, ABI ${process.versions.modules}); use --engine node`,
-    );
-    this.name = 'UwsUnavailableError';
-  }
-}
 
 /**
  * Loads uWebSockets.js and checks that its native addon, not the pure-JS fallback the
@@ -124,7 +114,7 @@ export class UwsEngine implements HttpEngine {
     return new Promise((resolve, reject) => {
       this.app.listen(host, port, (socket) => {
         if (socket === false) {
-          reject(new Error(`uws engine could not listen on ${host}:${port}`));
+          reject(new ButterflyError('BF_ERR_LISTEN_FAILED', `uws engine could not listen on ${host}:${port}`));
           return;
         }
         this.listenSocket = socket;
@@ -141,6 +131,11 @@ export class UwsEngine implements HttpEngine {
       this.listenSocket = undefined;
     }
     return Promise.resolve();
+  }
+
+  /** This uWS build cannot close an app's open sockets: they end with their next answer, as on `close()`. */
+  destroy(): Promise<void> {
+    return this.close();
   }
 
   private refuse(reply: UwsReply, err: ErrorData): void {
