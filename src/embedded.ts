@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
-import { InvalidOptionError } from './errors.js';
+import { type FrontEnd, startFrontEnd } from './front-end.js';
 import { type Logger, silentLogger } from './logger.js';
-import { AdminServer, HttpMetrics, type Readiness, type StageSample, createRegistry } from './metrics/index.js';
-import { integerIn, nonEmptyString, oneOf, withDefaults } from './options.js';
+import type { AdminServer, Readiness, StageReadiness, StageSample } from './metrics/index.js';
+import { type OptionName, check, checkMessageRoom, checkOptional, defaultsOf, withDefaults } from './options.js';
 import { Proxy } from './proxy/index.js';
-import { ButterflyServer, PipelineClient, SERVER_DEFAULTS, type EngineName, type ServerOptions } from './server/index.js';
+import { type ButterflyServer, PipelineClient, SERVER_DEFAULTS, checkServerOptions, type EngineName, type ServerOptions } from './server/index.js';
 import { type PipelineDescription, type WorkerTransport, importStage, isPrimePipeline, validatePipeline } from './stages/index.js';
 import { WorkerPool } from './worker/index.js';
 
@@ -18,9 +18,8 @@ export interface ButterflyOptions {
   /** Workers per stage unless the stage says otherwise. Default 2. */
   workers: number;
   /**
-   * Processes or threads, unless the stage says otherwise. Default `process`: a process
-   * that blocks or dies can be killed and replaced; a thread holding ZeroMQ sockets cannot
-   * be terminated without taking the whole process down.
+   * Threads or processes, unless the stage says otherwise. Default `thread`: threads talk
+   * to their proxy through ports, and a stuck one is terminated and replaced.
    */
   transport: WorkerTransport;
   /** Start the HTTP front end (false for simulation and programmatic use). Default true. */
@@ -57,7 +56,7 @@ export interface ButterflyOptions {
   adminHost: string;
   /** Count requests and stages for `registry` even without an admin port. Default false. */
   metrics: boolean;
-  /** Paths counted as their own `route` label; any other path counts as `other`. Default none. */
+  /** Paths counted as their own `route` label; any other path counts as `other`. Default: the pipeline's `routes`, else none. */
   metricsRoutes: readonly string[];
   /** Add `Server-Timing: pipeline;dur=MS` to every answer from the pipeline. Default false. */
   serverTiming: boolean;
@@ -66,35 +65,37 @@ export interface ButterflyOptions {
   logger: Logger;
 }
 
-/** Defaults for the options that have them. */
+/** ButterflyOptions' fields that are in the option schema (`OPTIONS`), with its defaults and rules. */
+const SCHEMA_FIELDS = [
+  'workers',
+  'transport',
+  'http',
+  'host',
+  'port',
+  'engine',
+  'healthPath',
+  'requestTimeoutMs',
+  'maxInFlight',
+  'maxQueue',
+  'heartbeatMs',
+  'liveness',
+  'drainTimeoutMs',
+  'workerLogLevel',
+  'maxMessageBytes',
+  'adminHost',
+  'metrics',
+  'metricsRoutes',
+  'serverTiming',
+] as const satisfies readonly (keyof ButterflyOptions & OptionName)[];
+
+/** Defaults for the options that have them, from the option schema. */
 export const BUTTERFLY_DEFAULTS = Object.freeze({
-  workers: 2,
-  transport: 'thread' as WorkerTransport,
-  http: true,
-  host: '127.0.0.1',
-  port: 8002,
-  engine: 'node' as EngineName,
-  healthPath: '/health',
-  requestTimeoutMs: 30_000,
-  maxInFlight: 10_000,
-  maxQueue: 1024,
-  heartbeatMs: 1000,
-  liveness: 3,
-  drainTimeoutMs: 10_000,
+  ...(defaultsOf(SCHEMA_FIELDS) as Pick<ButterflyOptions, (typeof SCHEMA_FIELDS)[number]>),
   server: {},
-  workerLogLevel: 'info',
-  maxMessageBytes: 64 * 1024 * 1024,
   adminPort: undefined,
-  adminHost: '127.0.0.1',
-  metrics: false,
-  metricsRoutes: Object.freeze([]) as readonly string[],
-  serverTiming: false,
   accessLog: undefined,
   logger: silentLogger,
 });
-
-/** Room a request needs in a message beyond its body: target, headers, record header. */
-export const MESSAGE_HEADROOM_BYTES = 64 * 1024;
 
 /** A running pipeline started by `startButterfly`. */
 export interface Butterfly {
@@ -118,6 +119,8 @@ export interface Butterfly {
   workerPids(): number[];
   /** Graceful: stop accepting, let requests in flight finish (up to `drainTimeoutMs`), then stop everything. Idempotent. */
   close(): Promise<void>;
+  /** Immediate: requests in flight are answered 503 and every worker is stopped at once. Idempotent. */
+  destroy(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -131,23 +134,13 @@ export interface Butterfly {
 export async function startButterfly(options: Partial<ButterflyOptions> = {}): Promise<Butterfly> {
   const o = withDefaults<ButterflyOptions>({ ...BUTTERFLY_DEFAULTS, pipeline: isPrimePipeline() } as ButterflyOptions, options);
   const pipeline = validatePipeline(o.pipeline, process.cwd());
-  integerIn('workers', o.workers, 1, 256);
-  oneOf('transport', o.transport, ['thread', 'process']);
-  integerIn('requestTimeoutMs', o.requestTimeoutMs, 1);
-  integerIn('drainTimeoutMs', o.drainTimeoutMs, 0);
-  integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
-  const maxBody = o.server.maxBodyBytes ?? SERVER_DEFAULTS.maxBodyBytes;
-  if (o.http && o.maxMessageBytes < maxBody + MESSAGE_HEADROOM_BYTES) {
-    throw new InvalidOptionError('maxMessageBytes', `at least server.maxBodyBytes + ${MESSAGE_HEADROOM_BYTES} (${maxBody + MESSAGE_HEADROOM_BYTES})`, o.maxMessageBytes);
-  }
-  if (o.adminPort !== undefined) integerIn('adminPort', o.adminPort, 0, 65535);
-  nonEmptyString('adminHost', o.adminHost);
+  for (const name of SCHEMA_FIELDS) check(name, o[name]);
+  checkOptional('adminPort', o.adminPort);
+  // Checked again by the server itself; here so that a mistake fails before any worker starts.
+  if (o.http) checkServerOptions({ ...SERVER_DEFAULTS, ...o.server }, 'server.');
+  if (o.http) checkMessageRoom(o.maxMessageBytes, o.server.maxBodyBytes ?? SERVER_DEFAULTS.maxBodyBytes, 'maxMessageBytes', 'server.maxBodyBytes');
   const logger = o.logger;
   const maxMessageBytes = o.maxMessageBytes;
-  const withMetrics = o.metrics || o.adminPort !== undefined;
-  const http = o.http && (withMetrics || o.accessLog !== undefined)
-    ? new HttpMetrics({ routes: o.metricsRoutes, healthPath: o.healthPath, accessLog: o.accessLog })
-    : undefined;
 
   const dir = mkdtempSync(join(tmpdir(), 'butterfly-'));
   const address = (name: string): string => `ipc://${join(dir, name)}`;
@@ -167,8 +160,7 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
   });
   const pools: WorkerPool[] = [];
   const names: string[] = [];
-  let server: ButterflyServer | undefined;
-  let admin: AdminServer | undefined;
+  let front: FrontEnd | undefined;
 
   const stageSamples = (): StageSample[] =>
     proxies.map((proxy, index) => ({
@@ -178,21 +170,14 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
       stats: proxy.stats(),
       pool: pools[index] === undefined ? undefined : { running: pools[index].alive, restarts: pools[index].restarts },
     }));
-  const ready = (): Readiness => {
-    const stages = proxies.map((proxy, index) => ({ index, name: names[index]!, workers: proxy.stats().workers }));
-    const serving = client.state === 'running' && (!o.http || server?.state === 'running');
-    return { ready: serving && stages.length > 0 && stages.every((s) => s.workers > 0), stages };
-  };
-  const registry = withMetrics ? createRegistry({ stages: stageSamples, client, ...(http === undefined ? {} : { http }) }) : undefined;
+  const stageReadiness = (): StageReadiness[] => proxies.map((proxy, index) => ({ index, name: names[index]!, workers: proxy.stats().workers }));
 
   /** Stops everything; `graceful` lets idle workers leave cleanly, otherwise they are stopped at once. */
-  const stopAll = async (graceful = true): Promise<void> => {
-    await server?.close();
-    await admin?.close();
-    // Anything still in flight is answered 503 before the workers go.
-    await client.close();
+  const stopAll = async (graceful: boolean): Promise<void> => {
+    if (front !== undefined) await front.stop();
+    else await client.destroy();
     await Promise.all(pools.map((p) => (graceful ? p.close() : p.destroy())));
-    await Promise.all(proxies.map((p) => p.close()));
+    await Promise.all(proxies.map((p) => (graceful ? p.close() : p.destroy())));
     rmSync(dir, { recursive: true, force: true });
   };
 
@@ -243,56 +228,55 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
       );
     }
     await Promise.all(pools.map((p) => p.start()));
-    if (o.http) {
-      server = new ButterflyServer({
-        ...o.server,
-        client,
-        host: o.host,
-        port: o.port,
-        engine: o.engine,
-        healthPath: o.healthPath,
-        observer: http,
-        serverTiming: o.serverTiming,
-        logger,
-      });
-      await server.listen();
-    }
-    if (o.adminPort !== undefined && registry !== undefined) {
-      admin = new AdminServer({ host: o.adminHost, port: o.adminPort, registry, ready, logger });
-      await admin.listen();
-    }
+    front = await startFrontEnd({
+      client,
+      http: o.http,
+      server: { ...o.server, host: o.host, port: o.port, engine: o.engine, serverTiming: o.serverTiming },
+      adminPort: o.adminPort,
+      adminHost: o.adminHost,
+      metrics: o.metrics,
+      metricsRoutes: options.metricsRoutes ?? pipeline.routes ?? [],
+      healthPath: o.healthPath,
+      accessLog: o.accessLog,
+      stageSamples,
+      stageReadiness,
+      logger,
+    });
   } catch (err) {
-    await stopAll();
+    await stopAll(true);
     throw err;
   }
 
+  const started = front;
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      logger.info({ inFlight: client.inFlight }, 'draining');
-      // Stop accepting now; the listener itself closes only once its connections have, so
-      // the drain time runs from here, not from then.
-      void server?.close();
-      const timer = new Promise<void>((resolve) => setTimeout(resolve, o.drainTimeoutMs).unref());
-      const drained = await Promise.race([client.drain().then(() => true), timer.then(() => false)]);
+      const drained = await started.drain(o.drainTimeoutMs);
       await stopAll(drained);
       logger.info({}, 'closed');
     })();
     return closing;
   };
+  let destroying: Promise<void> | undefined;
+  const destroy = (): Promise<void> => {
+    destroying ??= stopAll(false);
+    closing ??= destroying;
+    return destroying;
+  };
 
   return {
-    server,
-    port: server?.port ?? 0,
+    server: started.server,
+    port: started.server?.port ?? 0,
     client,
     proxies,
     pools,
-    admin,
-    adminPort: admin?.port ?? 0,
-    registry,
-    ready,
+    admin: started.admin,
+    adminPort: started.admin?.port ?? 0,
+    registry: started.registry,
+    ready: started.ready,
     workerPids: () => pools.flatMap((p) => p.pids),
     close,
+    destroy,
     [Symbol.asyncDispose]: close,
   };
 }

@@ -1,27 +1,36 @@
 /**
  * butterfly: pipelined worker-layer HTTP servers. An HTTP front end feeds ZeroMQ
  * load-balancing proxies and successive worker pools; any stage may answer early.
+ *
+ * The public surface: `startButterfly` for an embedder, `defineStage` and the request a
+ * first stage gets (`HttpRequest`) for a stage author, `RequestData` for submitting jobs
+ * through a running pipeline's client, and the errors with their codes. The built-in
+ * is_prime demo is `butterfly/stages`.
  */
-export { startButterfly, BUTTERFLY_DEFAULTS, type Butterfly, type ButterflyOptions } from './embedded.js';
-export * from './stages/index.js';
-export { ButterflyError, InvalidOptionError, ERROR_STATUS, type ErrorCode, type ErrorRecord } from './errors.js';
-export { ButterflyServer, PipelineClient, UwsUnavailableError, type ServerOptions, type PipelineClientOptions, type AnswerHandler, type EngineName, type RequestObserver, type ObservedRequest } from './server/index.js';
-export { Proxy, type ProxyOptions, type ProxyStats } from './proxy/index.js';
-export { StageWorker, WorkerPool, type StageWorkerOptions, type WorkerPoolOptions } from './worker/index.js';
-export { RequestData, type ResponseData, type ErrorData, type Value } from './wire/index.js';
-export { type Logger, silentLogger } from './logger.js';
+export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
 export {
-  AdminServer,
-  HttpMetrics,
-  StageBoard,
-  StageReporter,
-  createRegistry,
-  type AdminServerOptions,
-  type HttpMetricsOptions,
-  type MetricsSources,
-  type Readiness,
-  type StageReadiness,
-  type StageSample,
-  type StageBoardOptions,
-  type StageReporterOptions,
-} from './metrics/index.js';
+  defineStage,
+  HttpRequest,
+  type StageDefinition,
+  type StageContext,
+  type StageOutcome,
+  type ReplyBody,
+  type ReplyInit,
+  type PipelineDescription,
+  type PipelineStage,
+  type WorkerTransport,
+} from './stages/index.js';
+export {
+  ButterflyError,
+  InvalidOptionError,
+  StageLoadError,
+  WorkerStartError,
+  UwsUnavailableError,
+  ERROR_STATUS,
+  type ErrorCode,
+  type ErrorRecord,
+} from './errors.js';
+export { RequestData, type ResponseData, type ErrorData, type Value } from './wire/index.js';
+export type { AnswerHandler, EngineName, ServerOptions } from './server/index.js';
+export type { Readiness, StageReadiness } from './metrics/index.js';
+export type { Logger } from './logger.js';

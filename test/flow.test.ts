@@ -22,7 +22,7 @@ beforeEach(() => {
 
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.close();
-  await proxy?.close();
+  await proxy?.destroy();
   proxy = undefined;
   rmSync(dir, { recursive: true, force: true });
 });

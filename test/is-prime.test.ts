@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Butterfly } from '../dist/index.js';
-import { isPrime } from '../dist/index.js';
+import { isPrime } from '../dist/stages/builtin.js';
 import { request, start } from './helpers.js';
 
 const PRIMES = [2, 3, 5, 97, 101, 10_007, 104_729, 32_416_190_071];

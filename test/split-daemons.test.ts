@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isPrime } from '../dist/index.js';
+import { isPrime } from '../dist/stages/builtin.js';
 import { request } from './helpers.js';
 import { type Proc, Procs, get, needsStageTwo, parseMetrics, pollUntil, portOf, sample, stageTwoNumbers } from './split-helpers.js';
 

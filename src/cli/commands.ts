@@ -2,30 +2,31 @@
  * The daemon's commands: the whole pipeline in one process tree (`serve`), the
  * simulation, and the three split-mode daemons (`server`, `proxy`, `worker`).
  */
-import { hostname, availableParallelism } from 'node:os';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
 import { pino } from 'pino';
-import { type ButterflyOptions, MESSAGE_HEADROOM_BYTES, startButterfly } from '../embedded.js';
+import { type ButterflyOptions, startButterfly } from '../embedded.js';
 import { InvalidOptionError } from '../errors.js';
+import { startFrontEnd } from '../front-end.js';
 import type { Logger } from '../logger.js';
-import { AdminServer, HttpMetrics, type Readiness, type StageSample, StageBoard, StageReporter, createRegistry } from '../metrics/index.js';
+import { type Readiness, type StageSample, StageBoard, StageReporter, createRegistry, AdminServer } from '../metrics/index.js';
+import { COMMAND_NAMES, type Command, type OptionName, checkMessageRoom, defaultOf, flagOf, specOf } from '../options.js';
 import { Proxy } from '../proxy/index.js';
-import { ButterflyServer, PipelineClient, SERVER_DEFAULTS } from '../server/index.js';
+import { PipelineClient, SERVER_OPTION_NAMES, type ServerOptions } from '../server/index.js';
 import { type PipelineDescription, importStage, loadPipelineFile, resolveModule, validatePipeline } from '../stages/index.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
 import { StageWorker, WorkerPool } from '../worker/index.js';
 import { type Settings, UsageError } from './settings.js';
 
-const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
-const DEFAULT_PORT = 8002;
-const DEFAULT_ADMIN_HOST = '127.0.0.1';
-const DEFAULT_HOST = '127.0.0.1';
-/** The built-in pipeline's route; a route never requested costs nothing and shows nothing. */
-const DEFAULT_METRICS_ROUTES: readonly string[] = ['/is_prime'];
-
 type PinoLogger = ReturnType<typeof pino>;
 
-function makeLogger(s: Settings, role: string, fallback = 'info'): { level: string; logger: PinoLogger } {
-  const level = s.logLevel ?? fallback;
+/** A setting, or the schema's default for the command. */
+function get<K extends keyof Settings & OptionName>(s: Settings, key: K, command: Command): NonNullable<Settings[K]> {
+  return (s[key] ?? defaultOf(key, command)) as NonNullable<Settings[K]>;
+}
+
+function makeLogger(s: Settings, role: string, command: Command): { level: string; logger: PinoLogger } {
+  const level = get(s, 'logLevel', command);
   return { level, logger: pino({ level, base: { pid: process.pid, role } }) };
 }
 
@@ -50,11 +51,14 @@ function onSignals(stop: () => Promise<void>): void {
 }
 
 /** A message must hold the largest request: its body plus room for target and headers. */
-function maxMessageBytes(s: Settings, http: boolean): number {
-  const max = s.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-  const body = s.maxBody ?? SERVER_DEFAULTS.maxBodyBytes;
-  if (http && max < body + MESSAGE_HEADROOM_BYTES) {
-    throw new UsageError(`--max-message-bytes must be at least --max-body + ${MESSAGE_HEADROOM_BYTES} (${body + MESSAGE_HEADROOM_BYTES}), got ${max}`);
+function maxMessageBytes(s: Settings, command: Command, http: boolean): number {
+  const max = get(s, 'maxMessageBytes', command);
+  if (http) {
+    try {
+      checkMessageRoom(max, get(s, 'maxBodyBytes', command), '--max-message-bytes', '--max-body');
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
   }
   return max;
 }
@@ -63,10 +67,7 @@ async function loadPipeline(s: Settings): Promise<PipelineDescription | undefine
   const source = s.pipeline;
   if (source === undefined) return undefined;
   try {
-    if ('file' in source) {
-      const { resolve } = await import('node:path');
-      return await loadPipelineFile(resolve(source.file.base, source.file.value));
-    }
+    if ('file' in source) return await loadPipelineFile(resolve(source.file.base, source.file.value));
     return validatePipeline(source.inline, source.base);
   } catch (err) {
     if (!(err instanceof InvalidOptionError)) throw err;
@@ -75,33 +76,37 @@ async function loadPipeline(s: Settings): Promise<PipelineDescription | undefine
   }
 }
 
-function pipelineOptions(s: Settings, pipeline: PipelineDescription | undefined): Partial<ButterflyOptions> {
-  const o: Partial<ButterflyOptions> = { workers: s.workers ?? availableParallelism() };
+/** The front end's options that were set. */
+function serverOptions(s: Settings): Partial<ServerOptions> {
+  const o: Record<string, unknown> = {};
+  for (const name of SERVER_OPTION_NAMES) if (s[name] !== undefined) o[name] = s[name];
+  return o as Partial<ServerOptions>;
+}
+
+function pipelineOptions(s: Settings, command: Command, pipeline: PipelineDescription | undefined): Partial<ButterflyOptions> {
+  const o: Partial<ButterflyOptions> = { workers: get(s, 'workers', command) };
   if (pipeline !== undefined) o.pipeline = pipeline;
-  if (s.transport !== undefined) o.transport = s.transport;
-  if (s.requestTimeout !== undefined) o.requestTimeoutMs = s.requestTimeout;
-  if (s.maxInFlight !== undefined) o.maxInFlight = s.maxInFlight;
-  if (s.maxQueue !== undefined) o.maxQueue = s.maxQueue;
-  if (s.heartbeat !== undefined) o.heartbeatMs = s.heartbeat;
-  if (s.drainTimeout !== undefined) o.drainTimeoutMs = s.drainTimeout;
+  for (const name of ['transport', 'requestTimeoutMs', 'maxInFlight', 'maxQueue', 'heartbeatMs', 'liveness', 'drainTimeoutMs'] as const) {
+    if (s[name] !== undefined) (o as Record<string, unknown>)[name] = s[name];
+  }
   return o;
 }
 
 /** `butterflyd`: the whole pipeline in one process tree. */
 export async function serve(s: Settings): Promise<void> {
-  const { level, logger } = makeLogger(s, 'embedded');
+  const { level, logger } = makeLogger(s, 'embedded', 'serve');
   const pipeline = await loadPipeline(s);
   const butterfly = await startButterfly({
-    ...pipelineOptions(s, pipeline),
-    host: s.host ?? DEFAULT_HOST,
-    port: s.port ?? DEFAULT_PORT,
-    engine: s.engine ?? 'node',
-    healthPath: s.healthPath ?? '/health',
-    server: s.maxBody === undefined ? {} : { maxBodyBytes: s.maxBody },
-    maxMessageBytes: maxMessageBytes(s, true),
+    ...pipelineOptions(s, 'serve', pipeline),
+    host: get(s, 'host', 'serve'),
+    port: get(s, 'port', 'serve'),
+    engine: get(s, 'engine', 'serve'),
+    healthPath: get(s, 'healthPath', 'serve'),
+    server: serverOptions(s),
+    maxMessageBytes: maxMessageBytes(s, 'serve', true),
     adminPort: s.adminPort,
-    adminHost: s.adminHost ?? DEFAULT_ADMIN_HOST,
-    metricsRoutes: s.metricsRoutes ?? DEFAULT_METRICS_ROUTES,
+    adminHost: get(s, 'adminHost', 'serve'),
+    ...(s.metricsRoutes === undefined ? {} : { metricsRoutes: s.metricsRoutes }),
     serverTiming: s.serverTiming === true,
     accessLog: accessLog(s, logger),
     workerLogLevel: level,
@@ -110,14 +115,21 @@ export async function serve(s: Settings): Promise<void> {
   onSignals(() => butterfly.close());
 }
 
-/** `butterflyd simulate COUNT`: every number from 1 to COUNT through the pipeline, no HTTP. */
+/**
+ * `butterflyd simulate COUNT`: COUNT requests through the pipeline, no HTTP: `GET` of the
+ * target with `{n}` replaced by 1 to COUNT. Prints the answers by status and the rate;
+ * with the built-in is_prime pipeline, also the count of primes.
+ */
 export async function simulate(s: Settings, countText: string | undefined): Promise<void> {
   if (countText === undefined || !/^[0-9]+$/.test(countText) || Number(countText) < 1 || Number(countText) > 1e9) {
     throw new UsageError(`simulate needs COUNT, an integer from 1 to 1000000000, got ${JSON.stringify(countText ?? '')}`);
   }
   const count = Number(countText);
-  const { logger, level } = makeLogger(s, 'simulate', 'warn');
-  const options = pipelineOptions(s, await loadPipeline(s));
+  const { logger, level } = makeLogger(s, 'simulate', 'simulate');
+  const pipeline = await loadPipeline(s);
+  const target = get(s, 'target', 'simulate');
+  if (!target.startsWith('/')) throw new UsageError(`--target must start with /, got ${JSON.stringify(target)}`);
+  const options = pipelineOptions(s, 'simulate', pipeline);
   // Keep every request admissible: no more in flight than one stage's queue can hold.
   const window = Math.min(2048, options.maxInFlight ?? 2048);
   const maxQueue = Math.max(window, options.maxQueue ?? window);
@@ -126,124 +138,112 @@ export async function simulate(s: Settings, countText: string | undefined): Prom
     http: false,
     maxInFlight: window,
     maxQueue,
-    maxMessageBytes: maxMessageBytes(s, false),
+    maxMessageBytes: maxMessageBytes(s, 'simulate', false),
     workerLogLevel: level,
     logger,
   });
   const client = butterfly.client;
   const started = process.hrtime.bigint();
+  const countPrimes = pipeline === undefined;
   let nextNumber = 1;
   let answered = 0;
   let primes = 0;
   let failures = 0;
+  const statuses = new Map<number, number>();
   const failureCodes = new Map<string, number>();
   await new Promise<void>((resolve) => {
     const onAnswer = (response: ResponseData | null, error: ErrorData | null): void => {
       answered++;
+      const status = response?.status ?? error?.status ?? 0;
+      statuses.set(status, (statuses.get(status) ?? 0) + 1);
       if (error !== null) {
         failures++;
         failureCodes.set(error.code, (failureCodes.get(error.code) ?? 0) + 1);
-      } else if (response === null || response.status !== 200) failures++;
-      else if (response.body.includes('"is_prime":true')) primes++;
+      } else if (response === null || response.status >= 400) failures++;
+      else if (countPrimes && response.body.includes('"is_prime":true')) primes++;
       if (nextNumber <= count) submit();
       if (answered === count) resolve();
     };
     const submit = (): void => {
       const n = nextNumber++;
-      client.submit(new RequestData('GET', `/is_prime?possible_prime=${n}`, [], Buffer.alloc(0), 'simulation'), onAnswer);
+      client.submit(new RequestData('GET', target.replaceAll('{n}', String(n)), [], Buffer.alloc(0), 'simulation'), onAnswer);
     };
     while (nextNumber <= count && nextNumber <= window) submit();
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await butterfly.close();
-  console.log(`checked ${count} numbers from 1 to ${count}: ${primes} primes, ${failures} failures`);
-  if (failures > 0) console.log(`failures by code: ${[...failureCodes].map(([code, n]) => `${code} ${n}`).join(', ')}`);
-  console.log(`${seconds.toFixed(2)} s, ${Math.round(count / seconds)} checks/s`);
+  if (countPrimes) console.log(`checked ${count} numbers from 1 to ${count}: ${primes} primes, ${failures} failures`);
+  else console.log(`sent ${count} requests to ${target}: ${failures} failures`);
+  console.log(`answers by status: ${[...statuses].sort((x, y) => x[0] - y[0]).map(([status, n]) => `${status} ${n}`).join(', ')}`);
+  if (failures > 0 && failureCodes.size > 0) console.log(`failures by code: ${[...failureCodes].map(([code, n]) => `${code} ${n}`).join(', ')}`);
+  console.log(`${seconds.toFixed(2)} s, ${Math.round(count / seconds)} ${countPrimes ? 'checks' : 'requests'}/s`);
   process.exitCode = failures === 0 ? 0 : 1;
 }
 
-function required<K extends keyof Settings>(s: Settings, key: K, command: string, flag: string, arg: string): NonNullable<Settings[K]> {
+function required<K extends keyof Settings & OptionName>(s: Settings, key: K, command: Command): NonNullable<Settings[K]> {
   const value = s[key];
-  if (value === undefined) throw new UsageError(`${command} needs --${flag} ${arg}`);
+  if (value === undefined) throw new UsageError(`${COMMAND_NAMES[command].replace(/^butterflyd /, '')} needs --${flagOf(key)} ${specOf(key).arg ?? ''}`.trimEnd());
   return value as NonNullable<Settings[K]>;
 }
 
 /** Starts the admin server when `--admin-port` is given; undefined otherwise. */
-async function startAdmin(s: Settings, sources: Parameters<typeof createRegistry>[0], ready: () => Readiness, logger: Logger): Promise<AdminServer | undefined> {
+async function startAdmin(s: Settings, command: Command, sources: Parameters<typeof createRegistry>[0], ready: () => Readiness, logger: Logger): Promise<AdminServer | undefined> {
   if (s.adminPort === undefined) return undefined;
-  const admin = new AdminServer({ host: s.adminHost ?? DEFAULT_ADMIN_HOST, port: s.adminPort, registry: createRegistry(sources), ready, logger });
+  const admin = new AdminServer({ host: get(s, 'adminHost', command), port: s.adminPort, registry: createRegistry(sources), ready, logger });
   await admin.listen();
   return admin;
 }
 
-/** `butterflyd server`: the HTTP front end and the loopback, alone. */
+/** `butterflyd server`: the HTTP front end and the loopback, alone; the same front end as `butterflyd`'s. */
 export async function server(s: Settings): Promise<void> {
-  const loopback = required(s, 'loopback', 'server', 'loopback', 'ADDR');
-  const stages = required(s, 'stages', 'server', 'stages', 'ADDR,ADDR,...');
-  const { logger } = makeLogger(s, 'server');
-  const maxBytes = maxMessageBytes(s, true);
+  const loopback = required(s, 'loopback', 'server');
+  const stages = required(s, 'stages', 'server');
+  const { logger } = makeLogger(s, 'server', 'server');
+  const maxBytes = maxMessageBytes(s, 'server', true);
   const client = new PipelineClient({
     loopback,
     stages,
     maxMessageBytes: maxBytes,
-    ...(s.maxInFlight === undefined ? {} : { maxInFlight: s.maxInFlight }),
-    ...(s.requestTimeout === undefined ? {} : { requestTimeoutMs: s.requestTimeout }),
+    maxInFlight: get(s, 'maxInFlight', 'server'),
+    requestTimeoutMs: get(s, 'requestTimeoutMs', 'server'),
     logger,
   });
   const board = s.stats === undefined ? undefined : new StageBoard({ address: s.stats, stages: stages.length, maxMessageBytes: maxBytes, logger });
-  const access = accessLog(s, logger);
-  const http =
-    s.adminPort !== undefined || access !== undefined
-      ? new HttpMetrics({ routes: s.metricsRoutes ?? DEFAULT_METRICS_ROUTES, healthPath: s.healthPath ?? '/health', accessLog: access })
-      : undefined;
-  const front = new ButterflyServer({
-    client,
-    host: s.host ?? DEFAULT_HOST,
-    port: s.port ?? DEFAULT_PORT,
-    engine: s.engine ?? 'node',
-    healthPath: s.healthPath ?? '/health',
-    ...(s.maxBody === undefined ? {} : { maxBodyBytes: s.maxBody }),
-    observer: http,
-    serverTiming: s.serverTiming === true,
-    logger,
-  });
-  const ready = (): Readiness => {
-    const stageReadiness = board?.readiness() ?? [];
-    const serving = client.state === 'running' && front.state === 'running';
-    return { ready: serving && stageReadiness.every((r) => r.workers !== undefined && r.workers > 0), stages: stageReadiness };
-  };
   await client.start();
   await board?.start();
-  const sources = { client, ...(http === undefined ? {} : { http }), ...(board === undefined ? {} : { stages: () => board.samples() }) };
-  const admin = await startAdmin(s, sources, ready, logger);
-  await front.listen();
+  const front = await startFrontEnd({
+    client,
+    http: true,
+    server: { ...serverOptions(s), host: get(s, 'host', 'server'), port: get(s, 'port', 'server'), engine: get(s, 'engine', 'server'), serverTiming: s.serverTiming === true },
+    adminPort: s.adminPort,
+    adminHost: get(s, 'adminHost', 'server'),
+    metrics: false,
+    metricsRoutes: get(s, 'metricsRoutes', 'server'),
+    healthPath: get(s, 'healthPath', 'server'),
+    accessLog: accessLog(s, logger),
+    stageSamples: () => board?.samples() ?? [],
+    stageReadiness: () => board?.readiness() ?? [],
+    logger,
+  });
   logger.info({ loopback, stages, stats: s.stats }, 'server started');
-  const drainMs = s.drainTimeout ?? 10_000;
   onSignals(async () => {
-    logger.info({ inFlight: client.inFlight }, 'draining');
-    // Stop accepting now; the listener closes only once its connections have, so the drain
-    // time runs from the signal, not from then.
-    const frontClosed = front.close();
-    const timer = new Promise<void>((resolve) => setTimeout(resolve, drainMs).unref());
-    await Promise.race([client.drain(), timer]);
-    await admin?.close();
+    await front.drain(get(s, 'drainTimeoutMs', 'server'));
     await board?.close();
-    // Anything still in flight is answered 503; each answer closes its connection.
-    await client.close();
-    await Promise.race([frontClosed, new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
+    // Connections still open a second after the rest is answered are left to the exit.
+    await front.stop(1000);
     logger.info({}, 'closed');
   });
 }
 
 /** `butterflyd proxy`: one stage's load balancer. */
 export async function proxy(s: Settings): Promise<void> {
-  const index = required(s, 'stageIndex', 'proxy', 'stage-index', 'I');
-  const frontend = required(s, 'frontend', 'proxy', 'frontend', 'ADDR');
-  const backend = required(s, 'backend', 'proxy', 'backend', 'ADDR');
-  const loopback = required(s, 'loopback', 'proxy', 'loopback', 'ADDR');
+  const index = required(s, 'stageIndex', 'proxy');
+  const frontend = required(s, 'frontend', 'proxy');
+  const backend = required(s, 'backend', 'proxy');
+  const loopback = required(s, 'loopback', 'proxy');
   const name = s.name ?? `stage-${index}`;
-  const { logger } = makeLogger(s, 'proxy');
-  const maxBytes = maxMessageBytes(s, false);
+  const { logger } = makeLogger(s, 'proxy', 'proxy');
+  const maxBytes = maxMessageBytes(s, 'proxy', false);
   const balancer = new Proxy({
     stage: index,
     name,
@@ -252,8 +252,11 @@ export async function proxy(s: Settings): Promise<void> {
     next: s.next ?? null,
     loopback,
     maxMessageBytes: maxBytes,
-    ...(s.maxQueue === undefined ? {} : { maxQueue: s.maxQueue }),
-    ...(s.heartbeat === undefined ? {} : { heartbeatMs: s.heartbeat }),
+    maxQueue: get(s, 'maxQueue', 'proxy'),
+    maxQueueBytes: get(s, 'maxQueueBytes', 'proxy'),
+    heartbeatMs: get(s, 'heartbeatMs', 'proxy'),
+    liveness: get(s, 'liveness', 'proxy'),
+    drainTimeoutMs: get(s, 'drainTimeoutMs', 'proxy'),
     idempotent: s.idempotent === true,
     logger,
   });
@@ -265,20 +268,21 @@ export async function proxy(s: Settings): Promise<void> {
     const workers = balancer.stats().workers;
     return { ready: balancer.state === 'running' && workers > 0, stages: [{ index, name, workers }] };
   };
-  const admin = await startAdmin(s, { stages: () => [sample()] }, ready, logger);
+  const admin = await startAdmin(s, 'proxy', { stages: () => [sample()] }, ready, logger);
   onSignals(async () => {
-    reporter?.close();
     await admin?.close();
+    // Jobs already here finish (or time out) before the reports stop.
     await balancer.close();
+    await reporter?.close();
     logger.info({ stage: name }, 'closed');
   });
 }
 
 /** `butterflyd worker`: one worker of a stage in this process, or a supervised pool of them. */
 export async function worker(s: Settings): Promise<void> {
-  const stageRef = required(s, 'stage', 'worker', 'stage', 'NAME|FILE');
-  const connect = required(s, 'connect', 'worker', 'connect', 'ADDR');
-  const { level, logger } = makeLogger(s, 'worker');
+  const stageRef = required(s, 'stage', 'worker');
+  const connect = required(s, 'connect', 'worker');
+  const { level, logger } = makeLogger(s, 'worker', 'worker');
   const module = resolveModule(stageRef.value, stageRef.base);
   let stage;
   try {
@@ -286,13 +290,14 @@ export async function worker(s: Settings): Promise<void> {
   } catch (err) {
     throw new UsageError(`--stage: cannot load ${JSON.stringify(stageRef.value)} (${err instanceof Error ? err.message : String(err)})`);
   }
-  const maxBytes = maxMessageBytes(s, false);
-  const workers = s.workers ?? 1;
+  const maxBytes = maxMessageBytes(s, 'worker', false);
+  const workers = get(s, 'workers', 'worker');
   if (workers === 1) {
     const w = new StageWorker({
       stage,
       connect,
       concurrency: s.concurrency,
+      prefetch: s.prefetch,
       maxMessageBytes: maxBytes,
       // Unique among the stage's workers, across hosts.
       label: `${hostname()}:${process.pid}`,
@@ -308,7 +313,7 @@ export async function worker(s: Settings): Promise<void> {
       await w.close();
     });
     await w.start();
-    started.admin = await startAdmin(s, {}, ready, logger);
+    started.admin = await startAdmin(s, 'worker', {}, ready, logger);
     return;
   }
   const pool = new WorkerPool({
@@ -317,8 +322,9 @@ export async function worker(s: Settings): Promise<void> {
     connect,
     workers,
     // A split pool's proxy is elsewhere: its workers hold sockets, and only processes can be killed when stuck.
-    transport: s.transport ?? 'process',
+    transport: get(s, 'transport', 'worker'),
     concurrency: s.concurrency,
+    prefetch: s.prefetch,
     maxMessageBytes: maxBytes,
     logLevel: level,
     logger,
@@ -331,6 +337,6 @@ export async function worker(s: Settings): Promise<void> {
   await pool.start();
   const sample = (): StageSample => ({ index: undefined, name: stage.name, up: pool.state === 'running', stats: undefined, pool: { running: pool.alive, restarts: pool.restarts } });
   const ready = (): Readiness => ({ ready: pool.state === 'running' && pool.alive > 0, stages: [] });
-  started.admin = await startAdmin(s, { stages: () => [sample()] }, ready, logger);
+  started.admin = await startAdmin(s, 'worker', { stages: () => [sample()] }, ready, logger);
   logger.info({ stage: stage.name, workers, connect }, 'worker pool started');
 }

@@ -1,15 +1,70 @@
 import { availableParallelism } from 'node:os';
-import { BUTTERFLY_DEFAULTS } from '../embedded.js';
+import { COMMAND_NAMES, type OptionName, SECTIONS, envOf, fieldOf, flagOf, specOf } from '../options.js';
+import { BUILTIN_STAGES } from '../stages/index.js';
+import { DAEMON_OPTIONS } from './settings.js';
 
-/** `butterflyd --help`. */
+const WIDTH = 100;
+const FLAG_COLUMN = 28;
+
+/** How an option's default reads for people. */
+export function defaultText(name: OptionName): string | undefined {
+  const spec = specOf(name);
+  if (spec.defaultText !== undefined) return spec.defaultText;
+  const value = spec.default;
+  if (value === undefined || typeof value === 'boolean') return undefined;
+  return Array.isArray(value) ? value.join(',') : String(value);
+}
+
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line !== '' && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line === '' ? word : `${line} ${word}`;
+  }
+  if (line !== '') lines.push(line);
+  return lines;
+}
+
+/** One option's lines in `--help`. */
+function optionLines(name: OptionName): string[] {
+  const spec = specOf(name);
+  const head = `  --${flagOf(name)}${spec.arg === undefined ? '' : ` ${spec.arg}`}`;
+  const text = defaultText(name);
+  const commands = spec.commands!;
+  const where = spec.section === 'General (every command)' || spec.section === 'Admin port' ? '' : ` [${commands.map((c) => (c === 'serve' ? 'butterflyd' : c)).join(', ')}]`;
+  const doc = `${spec.doc}${text === undefined ? '' : ` (default ${text})`}${where}`;
+  const body = wrap(doc, WIDTH - FLAG_COLUMN);
+  const lines: string[] = [];
+  if (head.length + 1 < FLAG_COLUMN) lines.push(head.padEnd(FLAG_COLUMN) + body.shift()!);
+  else lines.push(head);
+  for (const rest of body) lines.push(' '.repeat(FLAG_COLUMN) + rest);
+  return lines;
+}
+
+/** `butterflyd --help`: the usage, then every option of the schema by section. */
 export function helpText(version: string): string {
+  const sections = SECTIONS.map((section) => {
+    const names = DAEMON_OPTIONS.filter((name) => specOf(name).section === section);
+    const extra =
+      section === 'General (every command)'
+        ? [
+            '  --config FILE             JSON file of settings, fields named as the flags in camel case',
+            '                            ("port", "maxMessageBytes", ...); also BUTTERFLY_CONFIG',
+          ]
+        : [];
+    const tail = section === 'General (every command)' ? ['  -h, --help                print this help', '  -v, --version             print the version'] : [];
+    return [`${section}:`, ...extra, ...names.flatMap(optionLines), ...tail].join('\n');
+  });
   return `butterflyd ${version}: pipelined worker-layer HTTP server
 
 Usage:
   butterflyd [options]                      the whole pipeline (default: is_prime) with its HTTP front end,
                                             proxies and worker pools in one process tree
-  butterflyd simulate COUNT [options]       check every number from 1 to COUNT through the is_prime
-                                            pipeline without HTTP; print the count of primes and the rate
+  butterflyd simulate COUNT [options]       send COUNT requests through the pipeline without HTTP, the
+                                            target's {n} replaced by 1 to COUNT; print the answers and the rate
   butterflyd server --loopback ADDR --stages ADDR,ADDR,... [options]
                                             split mode: the HTTP front end alone; it binds the loopback
                                             and sends jobs to stage 1's proxy at the first ADDR
@@ -20,66 +75,10 @@ Usage:
                                             start more at any time to add capacity, SIGTERM one to remove it
 
 Addresses (ADDR) are ZeroMQ endpoints: ipc://PATH (one host) or tcp://HOST:PORT. Built-in
-stages: is_prime.parse, is_prime.check.
+stages: ${Object.keys(BUILTIN_STAGES).join(', ')}. ${COMMAND_NAMES.serve} and simulate run ${availableParallelism()} workers
+per stage by default (the number of cores).
 
-General (every command):
-  --config FILE             JSON file of settings, fields named as the flags in camel case
-                            ("port", "maxMessageBytes", ...); also BUTTERFLY_CONFIG
-  --log-level LEVEL         fatal, error, warn, info, debug, trace or silent (default info)
-  --max-message-bytes N     largest ZeroMQ message on every socket; a peer sending more is
-                            disconnected; at least --max-body + 65536 (default 67108864)
-  -h, --help                print this help
-  -v, --version             print the version
-
-Admin port (butterflyd, server, proxy, worker):
-  --admin-port PORT         serve /metrics (Prometheus), /health and /ready on this port, 0 for
-                            any free one (default: no admin port)
-  --admin-host HOST         address of the admin port (default 127.0.0.1)
-
-HTTP front end (butterflyd, server):
-  --host HOST               address to listen on (default 127.0.0.1)
-  --port PORT               port to listen on, 0 for any free one (default 8002)
-  --engine node|uws         HTTP engine (default node): node serves HTTP/1.0 and 1.1, every client;
-                            uws (uWebSockets.js) is faster but serves only HTTP/1.1 with Host
-  --max-body BYTES          largest request body before 413 (default 10485760)
-  --health-path PATH        path answered 200 by the server itself (default /health)
-  --drain-timeout MS        on SIGTERM, time to finish requests in flight (default 10000)
-  --access-log              log one JSON line per request (method, url, status, ms, remote)
-  --server-timing           add a Server-Timing header with the time spent in the pipeline
-  --metrics-routes PATHS    comma-separated paths with their own route label in the metrics;
-                            others count as "other" (default /is_prime)
-  --request-timeout MS      time to answer a request before 504 (default 30000; also simulate)
-  --max-in-flight N         requests in flight before 503 (default 10000; also simulate)
-
-Pipeline (butterflyd, simulate):
-  --pipeline FILE           JSON pipeline description (default: the built-in is_prime)
-  --workers N               workers per stage (default: the number of cores, ${availableParallelism()})
-  --transport thread|process  how workers run (default ${BUTTERFLY_DEFAULTS.transport}: threads talk to their
-                            proxy through ports, without sockets)
-  --max-queue N             jobs waiting per stage, at a proxy or prefetched by its workers,
-                            before 503 (default 1024; also proxy)
-  --heartbeat MS            heartbeat interval between proxies and workers (default 1000; also proxy)
-
-Split mode, server and proxy:
-  --loopback ADDR           where final answers go: the server binds it, proxies connect to it
-  --stages ADDR,ADDR,...    (server) every stage proxy's --frontend, in order
-  --stats ADDR              stage reports: the server binds ADDR and each proxy sends its stage's
-                            counts there every second, so that the server's /metrics and /ready
-                            cover the whole pipeline
-  --stage-index I           (proxy) the stage's position, 0 for the first
-  --frontend ADDR           (proxy) where its jobs arrive (bound)
-  --backend ADDR            (proxy) where its workers connect (bound)
-  --next ADDR               (proxy) the next stage's --frontend; none for the last stage
-  --name NAME               (proxy) the stage's name in logs and metrics (default stage-I)
-  --idempotent              (proxy) re-send once a job whose worker died, instead of 502
-
-Worker:
-  --stage NAME|FILE         the stage: a built-in name or a module whose default export is the stage
-  --connect ADDR            the stage proxy's --backend
-  --concurrency N           jobs one worker holds at once (default: the stage's own)
-  --workers N               workers this process runs (default 1; more run as a supervised pool
-                            that restarts them)
-  --transport thread|process  how a pool's workers run (default process)
+${sections.join('\n\n')}
 
 Every option can also be set by an environment variable, BUTTERFLY_ and the flag in upper
 snake case (BUTTERFLY_PORT, BUTTERFLY_HOST, BUTTERFLY_ENGINE, BUTTERFLY_WORKERS,
@@ -87,4 +86,20 @@ BUTTERFLY_LOG_LEVEL, BUTTERFLY_ADMIN_PORT, ...), or a field of the --config file
 over the environment, the environment over the file. All addresses bind to 127.0.0.1
 unless told otherwise. SIGTERM or SIGINT drains and exits 0; a second signal exits at once.
 `;
+}
+
+/**
+ * The README's option table: every option the daemon takes, with its flag, variable,
+ * config field, name in code, default, commands and meaning. A test keeps the README's copy equal to it.
+ */
+export function optionsTable(): string {
+  const rows = DAEMON_OPTIONS.map((name) => {
+    const spec = specOf(name);
+    const commands = spec.commands!.map((c) => (c === 'serve' ? 'butterflyd' : c)).join(', ');
+    const text = defaultText(name) ?? (spec.default === undefined ? '' : String(spec.default));
+    const cell = (s: string): string => s.replace(/\|/g, '\\|');
+    const flag = `--${flagOf(name)}${spec.arg === undefined ? '' : ` ${spec.arg}`}`;
+    return `| \`${cell(flag)}\` | \`${envOf(name)}\` | \`${fieldOf(name)}\` | \`${name}\` | ${cell(text)} | ${commands} | ${cell(spec.doc)} |`;
+  });
+  return ['| Flag | Environment | Config field | In code | Default | Commands | Meaning |', '|---|---|---|---|---|---|---|', ...rows].join('\n');
 }

@@ -1,28 +1,20 @@
 /**
- * The daemon's settings: every option is a flag, an environment variable
- * (`BUTTERFLY_` and the flag in upper snake case) and a field of the `--config` JSON file
- * (the flag in camel case). Flags win over the environment, the environment over the
- * file. Each value is checked here, and an error names where it came from: `--port`,
- * `BUTTERFLY_PORT`, or the file and its field.
+ * The daemon's settings, read from the option schema (`OPTIONS`): every option a command
+ * takes is a flag, an environment variable (`BUTTERFLY_` and the flag in upper snake case)
+ * and a field of the `--config` JSON file (the flag in camel case). Flags win over the
+ * environment, the environment over the file. Each value is checked by the schema's rule,
+ * and an error names where it came from: `--port`, `BUTTERFLY_PORT`, or the file and its field.
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { InvalidOptionError } from '../errors.js';
+import { type Command, COMMAND_NAMES, OPTION_NAMES, type OptionName, envOf, fieldOf, flagOf, fromJson, fromText, specOf } from '../options.js';
+
+export { type Command, COMMAND_NAMES } from '../options.js';
 
 /** A usage error: printed with the option it names, exit code 2. */
 export class UsageError extends Error {}
-
-/** The daemon's commands; `serve` is the one without a sub-command name. */
-export type Command = 'serve' | 'simulate' | 'server' | 'proxy' | 'worker';
-
-/** How each command is called in messages. */
-export const COMMAND_NAMES: Readonly<Record<Command, string>> = Object.freeze({
-  serve: 'butterflyd',
-  simulate: 'butterflyd simulate',
-  server: 'butterflyd server',
-  proxy: 'butterflyd proxy',
-  worker: 'butterflyd worker',
-});
 
 /** A file or built-in name given in a setting, with the folder a relative path is relative to. */
 export interface FileRef {
@@ -34,7 +26,7 @@ export interface FileRef {
 /** A pipeline given by file, or inline in the config file. */
 export type PipelineSource = { readonly file: FileRef } | { readonly inline: unknown; readonly base: string; readonly label: string };
 
-/** Every setting, all optional: each command applies its own defaults. */
+/** Every setting by option name, all optional: each command applies its own defaults. */
 export interface Settings {
   logLevel?: string;
   maxMessageBytes?: number;
@@ -43,19 +35,32 @@ export interface Settings {
   host?: string;
   port?: number;
   engine?: 'node' | 'uws';
-  maxBody?: number;
+  maxBodyBytes?: number;
+  maxUrlBytes?: number;
+  maxHeaderBytes?: number;
+  maxHeaderCount?: number;
+  keepAliveTimeoutMs?: number;
+  headersTimeoutMs?: number;
+  requestReadTimeoutMs?: number;
+  maxConnections?: number;
+  maxInFlightPerConnection?: number;
+  writeTimeoutMs?: number;
+  maxBodyBytesInFlight?: number;
   healthPath?: string;
-  drainTimeout?: number;
+  drainTimeoutMs?: number;
   accessLog?: boolean;
   serverTiming?: boolean;
   metricsRoutes?: string[];
-  requestTimeout?: number;
+  requestTimeoutMs?: number;
   maxInFlight?: number;
   pipeline?: PipelineSource;
+  target?: string;
   workers?: number;
   transport?: 'thread' | 'process';
   maxQueue?: number;
-  heartbeat?: number;
+  maxQueueBytes?: number;
+  heartbeatMs?: number;
+  liveness?: number;
   loopback?: string;
   stages?: string[];
   stats?: string;
@@ -68,75 +73,17 @@ export interface Settings {
   stage?: FileRef;
   connect?: string;
   concurrency?: number;
+  prefetch?: number;
 }
 
-type Kind = 'integer' | 'string' | 'choice' | 'boolean' | 'endpoint' | 'endpoints' | 'paths' | 'file' | 'pipeline';
-
-interface SettingDef {
-  readonly key: keyof Settings;
-  readonly kind: Kind;
-  readonly commands: readonly Command[];
-  readonly min?: number;
-  readonly max?: number;
-  readonly choices?: readonly string[];
-}
-
-const ALL: readonly Command[] = ['serve', 'simulate', 'server', 'proxy', 'worker'];
-const DAEMONS: readonly Command[] = ['serve', 'server', 'proxy', 'worker'];
-const FRONT: readonly Command[] = ['serve', 'server'];
-const MAX_MS = 2 ** 31 - 1;
-
-/** Every setting; the flag is the key in kebab case. */
-export const SETTINGS: readonly SettingDef[] = Object.freeze([
-  { key: 'logLevel', kind: 'choice', commands: ALL, choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] },
-  { key: 'maxMessageBytes', kind: 'integer', commands: ALL, min: 1024, max: 2 ** 31 - 1 },
-  { key: 'adminPort', kind: 'integer', commands: DAEMONS, min: 0, max: 65535 },
-  { key: 'adminHost', kind: 'string', commands: DAEMONS },
-  { key: 'host', kind: 'string', commands: FRONT },
-  { key: 'port', kind: 'integer', commands: FRONT, min: 0, max: 65535 },
-  { key: 'engine', kind: 'choice', commands: FRONT, choices: ['node', 'uws'] },
-  { key: 'maxBody', kind: 'integer', commands: FRONT, min: 0, max: 2 ** 31 - 1 },
-  { key: 'healthPath', kind: 'string', commands: FRONT },
-  { key: 'drainTimeout', kind: 'integer', commands: FRONT, min: 0, max: MAX_MS },
-  { key: 'accessLog', kind: 'boolean', commands: FRONT },
-  { key: 'serverTiming', kind: 'boolean', commands: FRONT },
-  { key: 'metricsRoutes', kind: 'paths', commands: FRONT },
-  { key: 'requestTimeout', kind: 'integer', commands: ['serve', 'simulate', 'server'], min: 1, max: MAX_MS },
-  { key: 'maxInFlight', kind: 'integer', commands: ['serve', 'simulate', 'server'], min: 1, max: 10_000_000 },
-  { key: 'pipeline', kind: 'pipeline', commands: ['serve', 'simulate'] },
-  { key: 'workers', kind: 'integer', commands: ['serve', 'simulate', 'worker'], min: 1, max: 256 },
-  { key: 'transport', kind: 'choice', commands: ['serve', 'simulate', 'worker'], choices: ['thread', 'process'] },
-  { key: 'maxQueue', kind: 'integer', commands: ['serve', 'simulate', 'proxy'], min: 0, max: 10_000_000 },
-  { key: 'heartbeat', kind: 'integer', commands: ['serve', 'simulate', 'proxy'], min: 10, max: 60_000 },
-  { key: 'loopback', kind: 'endpoint', commands: ['server', 'proxy'] },
-  { key: 'stages', kind: 'endpoints', commands: ['server'] },
-  { key: 'stats', kind: 'endpoint', commands: ['server', 'proxy'] },
-  { key: 'stageIndex', kind: 'integer', commands: ['proxy'], min: 0, max: 254 },
-  { key: 'frontend', kind: 'endpoint', commands: ['proxy'] },
-  { key: 'backend', kind: 'endpoint', commands: ['proxy'] },
-  { key: 'next', kind: 'endpoint', commands: ['proxy'] },
-  { key: 'name', kind: 'string', commands: ['proxy'] },
-  { key: 'idempotent', kind: 'boolean', commands: ['proxy'] },
-  { key: 'stage', kind: 'file', commands: ['worker'] },
-  { key: 'connect', kind: 'endpoint', commands: ['worker'] },
-  { key: 'concurrency', kind: 'integer', commands: ['worker'], min: 1, max: 4096 },
-] as const satisfies readonly SettingDef[]);
-
-/** `maxMessageBytes` → `max-message-bytes`. */
-export function flagOf(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
-
-/** `maxMessageBytes` → `BUTTERFLY_MAX_MESSAGE_BYTES`. */
-export function envOf(key: string): string {
-  return `BUTTERFLY_${flagOf(key).replace(/-/g, '_').toUpperCase()}`;
-}
+/** The options the daemon takes: those of the schema with at least one command. */
+export const DAEMON_OPTIONS: readonly OptionName[] = Object.freeze(OPTION_NAMES.filter((name) => (specOf(name).commands?.length ?? 0) > 0));
 
 /** The environment variable naming the config file. */
 export const CONFIG_ENV = 'BUTTERFLY_CONFIG';
 
 const PARSE_OPTIONS = Object.fromEntries([
-  ...SETTINGS.map((d) => [flagOf(d.key), { type: d.kind === 'boolean' ? 'boolean' : 'string' }] as const),
+  ...DAEMON_OPTIONS.map((name) => [flagOf(name), { type: specOf(name).kind === 'boolean' ? 'boolean' : 'string' }] as const),
   ['config', { type: 'string' }],
   ['help', { type: 'boolean', short: 'h' }],
   ['version', { type: 'boolean', short: 'v' }],
@@ -150,6 +97,28 @@ export interface Invocation {
   readonly help: boolean;
   readonly version: boolean;
   readonly settings: Settings;
+}
+
+function takes(name: OptionName, command: Command): boolean {
+  return specOf(name).commands?.includes(command) === true;
+}
+
+/** Runs a schema check, turning its error into a usage error with the same message. */
+function usage<T>(read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof InvalidOptionError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+/** A value from a flag or a variable: files are relative to the working directory. */
+function textValue(name: OptionName, raw: string, label: string, cwd: string): unknown {
+  const kind = specOf(name).kind;
+  if (kind === 'file') return { value: usage(() => fromText('name', raw, label)) as string, base: cwd } satisfies FileRef;
+  if (kind === 'pipeline') return { file: { value: usage(() => fromText('name', raw, label)) as string, base: cwd } } satisfies PipelineSource;
+  return usage(() => fromText(name, raw, label));
 }
 
 /**
@@ -181,128 +150,34 @@ export function readInvocation(argv: readonly string[], env: NodeJS.ProcessEnv, 
   if (help || version) return { command, positionals: rest, help, version, settings: {} };
   if (command !== 'simulate' && rest.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(rest[0])}`);
 
-  const settings: Settings = {};
-  const out = settings as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
   // The config file first, then the environment over it, then flags over both.
   const configPath = typeof values.config === 'string' ? values.config : env[CONFIG_ENV] || undefined;
-  if (configPath !== undefined) {
-    const fromFile = readConfigFile(resolve(cwd, configPath), command);
-    for (const [key, value] of Object.entries(fromFile)) out[key] = value;
-  }
-  for (const def of SETTINGS) {
-    if (!def.commands.includes(command)) continue;
-    const raw = env[envOf(def.key)];
+  if (configPath !== undefined) Object.assign(out, readConfigFile(resolve(cwd, configPath), command));
+  for (const name of DAEMON_OPTIONS) {
+    if (!takes(name, command)) continue;
+    const raw = env[envOf(name)];
     if (raw === undefined || raw === '') continue;
-    out[def.key] = fromText(def, raw, envOf(def.key), cwd, true);
+    out[name] = textValue(name, raw, envOf(name), cwd);
   }
-  for (const def of SETTINGS) {
-    const flag = flagOf(def.key);
+  for (const name of DAEMON_OPTIONS) {
+    const flag = flagOf(name);
     const raw = values[flag];
     if (raw === undefined) continue;
-    if (!def.commands.includes(command)) {
-      throw new UsageError(`--${flag} does not apply to ${COMMAND_NAMES[command]} (it is for ${def.commands.map((c) => COMMAND_NAMES[c]).join(', ')})`);
+    if (!takes(name, command)) {
+      throw new UsageError(`--${flag} does not apply to ${COMMAND_NAMES[command]} (it is for ${specOf(name).commands!.map((c) => COMMAND_NAMES[c]).join(', ')})`);
     }
-    out[def.key] = typeof raw === 'boolean' ? raw : fromText(def, raw, `--${flag}`, cwd, false);
+    out[name] = typeof raw === 'boolean' ? raw : textValue(name, raw, `--${flag}`, cwd);
   }
-  return { command, positionals: rest, help, version, settings };
-}
-
-const ENDPOINT = /^(ipc:\/\/.+|inproc:\/\/.+|tcp:\/\/[^:]+:(\d+|\*))$/;
-const ENDPOINT_TEXT = 'a ZeroMQ endpoint (ipc://PATH or tcp://HOST:PORT)';
-
-/** A value from a flag or an environment variable. */
-function fromText(def: SettingDef, raw: string, label: string, cwd: string, fromEnv: boolean): unknown {
-  switch (def.kind) {
-    case 'integer':
-      if (!/^[0-9]+$/.test(raw)) throw rangeError(def, label, raw);
-      return checkInteger(def, Number(raw), label, raw);
-    case 'boolean':
-      // Only the environment gives a boolean as text; a flag is present or not.
-      if (fromEnv && /^(1|true|yes|on)$/i.test(raw)) return true;
-      if (fromEnv && /^(0|false|no|off)$/i.test(raw)) return false;
-      throw new UsageError(`${label} must be true or false (or 1 or 0), got ${JSON.stringify(raw)}`);
-    case 'endpoints':
-      return checkList(def, raw.split(',').map((s) => s.trim()), label, raw);
-    case 'paths':
-      return checkList(def, raw.split(',').map((s) => s.trim()).filter((s) => s !== ''), label, raw);
-    case 'file':
-      return { value: raw, base: cwd } satisfies FileRef;
-    case 'pipeline':
-      return { file: { value: raw, base: cwd } } satisfies PipelineSource;
-    default:
-      return checkString(def, raw, label);
-  }
-}
-
-/** A value from the config file: JSON types, no text conversions. */
-function fromJson(def: SettingDef, value: unknown, label: string, base: string): unknown {
-  switch (def.kind) {
-    case 'integer':
-      if (typeof value !== 'number' || !Number.isInteger(value)) throw rangeError(def, label, value);
-      return checkInteger(def, value, label, value);
-    case 'boolean':
-      if (typeof value !== 'boolean') throw new UsageError(`${label} must be true or false, got ${describe(value)}`);
-      return value;
-    case 'endpoints':
-    case 'paths':
-      if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
-        throw new UsageError(`${label} must be a list of strings, got ${describe(value)}`);
-      }
-      return checkList(def, value as string[], label, value);
-    case 'file':
-      if (typeof value !== 'string' || value === '') throw new UsageError(`${label} must be a module path or a built-in stage name, got ${describe(value)}`);
-      return { value, base } satisfies FileRef;
-    case 'pipeline':
-      if (typeof value === 'string' && value !== '') return { file: { value, base } } satisfies PipelineSource;
-      if (value !== null && typeof value === 'object' && !Array.isArray(value)) return { inline: value, base, label } satisfies PipelineSource;
-      throw new UsageError(`${label} must be a pipeline file path or a pipeline object, got ${describe(value)}`);
-    default:
-      if (typeof value !== 'string') throw new UsageError(`${label} must be a string, got ${describe(value)}`);
-      return checkString(def, value, label);
-  }
-}
-
-function rangeError(def: SettingDef, label: string, raw: unknown): UsageError {
-  return new UsageError(`${label} must be an integer from ${def.min} to ${def.max}, got ${describe(raw)}`);
-}
-
-function checkInteger(def: SettingDef, n: number, label: string, raw: unknown): number {
-  if (n < def.min! || n > def.max!) throw rangeError(def, label, raw);
-  return n;
-}
-
-function checkString(def: SettingDef, value: string, label: string): string {
-  if (def.kind === 'choice' && !def.choices!.includes(value)) {
-    throw new UsageError(`${label} must be one of ${def.choices!.join(', ')}, got ${JSON.stringify(value)}`);
-  }
-  if (def.kind === 'endpoint' && !ENDPOINT.test(value)) throw new UsageError(`${label} must be ${ENDPOINT_TEXT}, got ${JSON.stringify(value)}`);
-  if (value === '') throw new UsageError(`${label} must not be empty`);
-  if (def.key === 'healthPath' && !value.startsWith('/')) throw new UsageError(`${label} must start with /, got ${JSON.stringify(value)}`);
-  return value;
-}
-
-function checkList(def: SettingDef, items: string[], label: string, raw: unknown): string[] {
-  if (def.kind === 'endpoints') {
-    if (items.length === 0 || items.length > 255 || !items.every((s) => ENDPOINT.test(s))) {
-      throw new UsageError(`${label} must list 1 to 255 ZeroMQ endpoints (ipc://PATH or tcp://HOST:PORT), comma-separated, got ${describe(raw)}`);
-    }
-  } else if (items.length > 32 || !items.every((s) => s.startsWith('/') && !s.includes('?'))) {
-    throw new UsageError(`${label} must list at most 32 paths starting with /, got ${describe(raw)}`);
-  }
-  return items;
-}
-
-function describe(value: unknown): string {
-  const text = JSON.stringify(value);
-  return text === undefined ? String(value) : text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  return { command, positionals: rest, help, version, settings: out as Settings };
 }
 
 /**
- * Reads a JSON config file: an object whose fields are settings in camel case. A field no
- * command knows is an error; one that another command uses is ignored, so that daemons
- * may share a file.
+ * Reads a JSON config file: an object whose fields are settings, each the flag in camel
+ * case. A field no command knows is an error; one that another command uses is ignored,
+ * so that daemons may share a file.
  */
-function readConfigFile(path: string, command: Command): Partial<Record<keyof Settings, unknown>> {
+function readConfigFile(path: string, command: Command): Record<string, unknown> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -317,15 +192,24 @@ function readConfigFile(path: string, command: Command): Partial<Record<keyof Se
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new UsageError(`--config: ${path} must hold a JSON object of settings`);
   const base = dirname(path);
-  const out: Partial<Record<keyof Settings, unknown>> = {};
+  const out: Record<string, unknown> = {};
   for (const [field, value] of Object.entries(parsed)) {
-    const def = SETTINGS.find((d) => d.key === field);
-    if (def === undefined) {
-      const known = SETTINGS.find((d) => d.key.toLowerCase() === field.toLowerCase().replace(/[-_]/g, ''));
-      throw new UsageError(`config ${path}: unknown field ${JSON.stringify(field)}${known === undefined ? '' : `; did you mean ${JSON.stringify(known.key)}?`}`);
+    const name = DAEMON_OPTIONS.find((n) => fieldOf(n) === field);
+    if (name === undefined) {
+      const near = DAEMON_OPTIONS.find((n) => fieldOf(n).toLowerCase() === field.toLowerCase().replace(/[-_]/g, ''));
+      throw new UsageError(`config ${path}: unknown field ${JSON.stringify(field)}${near === undefined ? '' : `; did you mean ${JSON.stringify(fieldOf(near))}?`}`);
     }
-    if (!def.commands.includes(command)) continue;
-    out[def.key] = fromJson(def, value, `config ${path}: ${field}`, base);
+    if (!takes(name, command)) continue;
+    const label = `config ${path}: ${field}`;
+    const kind = specOf(name).kind;
+    if (kind === 'file') {
+      out[name] = { value: usage(() => fromJson('stage', value, label)) as string, base } satisfies FileRef;
+    } else if (kind === 'pipeline') {
+      if (typeof value === 'string' && value !== '') out[name] = { file: { value, base } } satisfies PipelineSource;
+      else out[name] = { inline: usage(() => fromJson('pipeline', value, label)), base, label } satisfies PipelineSource;
+    } else {
+      out[name] = usage(() => fromJson(name, value, label));
+    }
   }
   return out;
 }

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { Registry } from 'prom-client';
 import { type Logger, silentLogger } from '../logger.js';
-import { integerIn, nonEmptyString, withDefaults } from '../options.js';
+import { check, withDefaults } from '../options.js';
 
 /** Readiness of one stage: it is ready when at least one live worker has joined its proxy. */
 export interface StageReadiness {
@@ -45,17 +45,26 @@ const JSON_TYPE = 'application/json';
  * a live worker, else 503, with the stages in the body). Anything else is 404.
  */
 export class AdminServer {
+  private currentState: 'starting' | 'running' | 'closed' = 'starting';
+
   /** Lifecycle state. */
-  state: 'starting' | 'running' | 'closed' = 'starting';
+  get state(): 'starting' | 'running' | 'closed' {
+    return this.currentState;
+  }
   /** The port listened on, once `listen()` resolved. */
-  port = 0;
+  private listeningPort = 0;
   private readonly options: AdminServerOptions;
   private readonly server: http.Server;
 
+  /** The port listened on, once `listen()` resolved (0 before). */
+  get port(): number {
+    return this.listeningPort;
+  }
+
   constructor(options: Partial<AdminServerOptions> & Pick<AdminServerOptions, 'port' | 'registry' | 'ready'>) {
     const o = withDefaults<AdminServerOptions>(ADMIN_DEFAULTS as AdminServerOptions, options);
-    nonEmptyString('host', o.host);
-    integerIn('port', o.port, 0, 65535);
+    check('adminHost', o.host, 'host');
+    check('adminPort', o.port, 'port');
     this.options = o;
     this.server = http.createServer((req, res) => void this.onRequest(req, res));
     this.server.keepAliveTimeout = 5000;
@@ -72,8 +81,8 @@ export class AdminServer {
       });
     });
     const address = this.server.address();
-    this.port = typeof address === 'object' && address !== null ? address.port : port;
-    this.state = 'running';
+    this.listeningPort = typeof address === 'object' && address !== null ? address.port : port;
+    this.currentState = 'running';
     this.options.logger.info({ host, port: this.port }, 'admin listening');
     return this.port;
   }
@@ -82,12 +91,17 @@ export class AdminServer {
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     const wasListening = this.state === 'running';
-    this.state = 'closed';
+    this.currentState = 'closed';
     if (!wasListening) return;
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
     });
+  }
+
+  /** Same as `close()`, which closes open connections at once: the admin port holds no work to finish. */
+  destroy(): Promise<void> {
+    return this.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,7 +1,7 @@
 import { type Metric, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ProxyStats } from '../proxy/index.js';
 import type { PipelineClient } from '../server/index.js';
-import { type HistogramSnapshot, LATENCY_BOUNDS_MS } from './histogram.js';
+import { type HistogramSnapshot, LATENCY_BOUNDS_MS } from '../histogram.js';
 import type { HttpMetrics } from './http.js';
 
 /** What one scrape knows of one stage. */

@@ -1,7 +1,7 @@
 import { InvalidOptionError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ObservedRequest, RequestObserver } from '../server/index.js';
-import { type HistogramSnapshot, LatencyHistogram } from './histogram.js';
+import { type HistogramSnapshot, LatencyHistogram } from '../histogram.js';
 
 /** Options of the front end's request metrics. */
 export interface HttpMetricsOptions {
@@ -43,8 +43,12 @@ export class HttpMetrics implements RequestObserver {
   private readonly durations: LatencyHistogram[];
   private readonly refusalsByCode = new Map<string, number>();
   private readonly accessLog: Logger | undefined;
+  private cancels = 0;
+
   /** Requests whose client went away before the answer, since start. */
-  cancelledCount = 0;
+  get cancelledCount(): number {
+    return this.cancels;
+  }
 
   constructor(options: HttpMetricsOptions) {
     const { routes, healthPath } = options;
@@ -72,7 +76,7 @@ export class HttpMetrics implements RequestObserver {
   }
 
   cancelled(req: ObservedRequest, startedAt: number): void {
-    this.cancelledCount++;
+    this.cancels++;
     if (this.accessLog !== undefined) {
       const ms = performance.now() - startedAt;
       this.accessLog.info({ method: req.method, url: req.target, status: 499, ms: Math.round(ms * 1000) / 1000, remote: req.remoteAddress }, 'request cancelled');

@@ -3,7 +3,7 @@
  * (`/metrics`, `/health`, `/ready`), the front end's request counts and access log, and
  * the stage reports that let one scrape of a split pipeline's server see every stage.
  */
-export { LatencyHistogram, LATENCY_BOUNDS_MS, type HistogramSnapshot } from './histogram.js';
+export { LatencyHistogram, LATENCY_BOUNDS_MS, type HistogramSnapshot } from '../histogram.js';
 export { HttpMetrics, OTHER_ROUTE, type HttpMetricsOptions, type RouteCounts } from './http.js';
 export { createRegistry, type MetricsSources, type StageSample, type PoolSample, type RegistryOptions } from './collectors.js';
 export { AdminServer, ADMIN_DEFAULTS, type AdminServerOptions, type Readiness, type StageReadiness } from './admin.js';

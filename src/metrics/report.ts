@@ -1,11 +1,11 @@
 import * as zmq from 'zeromq';
 import { type Logger, silentLogger } from '../logger.js';
-import { endpoint, integerIn, nonEmptyString, withDefaults } from '../options.js';
+import { defaultsOf, withDefaults } from '../options.js';
 import type { ProxyStats } from '../proxy/index.js';
 import { configureSocket, receiveEach } from '../wire/index.js';
 import type { StageReadiness } from './admin.js';
 import type { StageSample } from './collectors.js';
-import { LATENCY_BOUNDS_MS } from './histogram.js';
+import { LATENCY_BOUNDS_MS } from '../histogram.js';
 
 /**
  * Stage reports, for split mode: each `butterflyd proxy` sends its stage's counts to the
@@ -37,7 +37,7 @@ export interface StageReporterOptions {
 /** Defaults for the options that have them. */
 export const REPORTER_DEFAULTS = Object.freeze({
   intervalMs: 1000,
-  maxMessageBytes: 64 * 1024 * 1024,
+  maxMessageBytes: defaultsOf(['maxMessageBytes']).maxMessageBytes as number,
   logger: silentLogger,
 });
 
@@ -47,8 +47,12 @@ export const REPORTER_DEFAULTS = Object.freeze({
  * newer counts anyway.
  */
 export class StageReporter {
+  private currentState: 'starting' | 'running' | 'closed' = 'starting';
+
   /** Lifecycle state. */
-  state: 'starting' | 'running' | 'closed' = 'starting';
+  get state(): 'starting' | 'running' | 'closed' {
+    return this.currentState;
+  }
   private readonly options: StageReporterOptions;
   private readonly socket = new zmq.Push();
   private timer: NodeJS.Timeout | undefined;
@@ -56,11 +60,6 @@ export class StageReporter {
 
   constructor(options: Partial<StageReporterOptions> & Pick<StageReporterOptions, 'address' | 'index' | 'name' | 'stats'>) {
     const o = withDefaults<StageReporterOptions>(REPORTER_DEFAULTS as StageReporterOptions, options);
-    endpoint('address', o.address);
-    integerIn('index', o.index, 0, 255);
-    nonEmptyString('name', o.name);
-    integerIn('intervalMs', o.intervalMs, 10);
-    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
     this.options = o;
     configureSocket(this.socket, { maxMessageBytes: o.maxMessageBytes });
     this.socket.sendHighWaterMark = 1;
@@ -70,18 +69,27 @@ export class StageReporter {
   /** Connects and starts reporting; the first report goes out at once. */
   start(): void {
     this.socket.connect(this.options.address);
-    this.state = 'running';
+    this.currentState = 'running';
     this.timer = setInterval(() => this.report(), this.options.intervalMs);
     this.timer.unref();
     this.report();
   }
 
   /** Stops reporting. Idempotent. */
-  close(): void {
+  async close(): Promise<void> {
     if (this.state === 'closed') return;
-    this.state = 'closed';
+    this.currentState = 'closed';
     if (this.timer !== undefined) clearInterval(this.timer);
     this.socket.close();
+  }
+
+  /** Same as `close()`: a reporter holds nothing to finish. */
+  destroy(): Promise<void> {
+    return this.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   private report(): void {
@@ -115,7 +123,7 @@ export interface StageBoardOptions {
 /** Defaults for the options that have them. */
 export const BOARD_DEFAULTS = Object.freeze({
   staleAfterMs: 3500,
-  maxMessageBytes: 64 * 1024 * 1024,
+  maxMessageBytes: defaultsOf(['maxMessageBytes']).maxMessageBytes as number,
   logger: silentLogger,
 });
 
@@ -127,21 +135,25 @@ interface Entry {
 
 /** Keeps the last report of every stage, for the server's metrics and readiness. */
 export class StageBoard {
+  private currentState: 'starting' | 'running' | 'closed' = 'starting';
+
   /** Lifecycle state. */
-  state: 'starting' | 'running' | 'closed' = 'starting';
-  /** Reports that could not be decoded (or named a stage out of range), since start. */
-  undecodable = 0;
+  get state(): 'starting' | 'running' | 'closed' {
+    return this.currentState;
+  }
+  private undecodableCount = 0;
   private readonly options: StageBoardOptions;
   private readonly socket = new zmq.Pull();
   private readonly entries: (Entry | undefined)[];
   private loop: Promise<void> | undefined;
 
+  /** Reports that could not be decoded (or named a stage out of range), since start. */
+  get undecodable(): number {
+    return this.undecodableCount;
+  }
+
   constructor(options: Partial<StageBoardOptions> & Pick<StageBoardOptions, 'address' | 'stages'>) {
     const o = withDefaults<StageBoardOptions>(BOARD_DEFAULTS as StageBoardOptions, options);
-    endpoint('address', o.address);
-    integerIn('stages', o.stages, 1, 255);
-    integerIn('staleAfterMs', o.staleAfterMs, 1);
-    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
     this.options = o;
     this.entries = new Array<Entry | undefined>(o.stages).fill(undefined);
     configureSocket(this.socket, { maxMessageBytes: o.maxMessageBytes });
@@ -150,7 +162,7 @@ export class StageBoard {
   /** Binds the report address and starts receiving. */
   async start(): Promise<void> {
     await this.socket.bind(this.options.address);
-    this.state = 'running';
+    this.currentState = 'running';
     this.loop = receiveEach(this.socket, (frames) => this.onReport(frames), this.options.logger, 'stage reports');
   }
 
@@ -174,15 +186,24 @@ export class StageBoard {
   /** Stops receiving. Idempotent. */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
-    this.state = 'closed';
+    this.currentState = 'closed';
     this.socket.close();
     await this.loop;
+  }
+
+  /** Same as `close()`: a board holds nothing to finish. */
+  destroy(): Promise<void> {
+    return this.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   private onReport(frames: Buffer[]): void {
     const report = decodeReport(frames[0]);
     if (report === undefined || report.index >= this.entries.length) {
-      this.undecodable++;
+      this.undecodableCount++;
       this.options.logger.warn({ index: report?.index }, 'stage report dropped: undecodable, or for a stage this pipeline does not have');
       return;
     }

@@ -2,7 +2,7 @@ import * as zmq from 'zeromq';
 import type { ErrorCode } from '../errors.js';
 import { ERROR_STATUS } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
-import { endpoint, integerIn, nonEmptyString, withDefaults } from '../options.js';
+import { check, defaultsOf, withDefaults } from '../options.js';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   Flag,
@@ -19,15 +19,16 @@ import {
   receiveEach,
   receivePort,
   restamp,
-  writeError,
+  WireError,
+  writeErrorRecord,
   writeWelcome,
   type RecordSink,
   type RecordWriter,
   type WireRecord,
 } from '../wire/index.js';
-import { Fifo } from './fifo.js';
+import { Fifo } from '../fifo.js';
 import { JobList, type Linked } from './job-list.js';
-import { LatencyHistogram, type HistogramSnapshot } from '../metrics/index.js';
+import { LatencyHistogram, type HistogramSnapshot } from '../histogram.js';
 
 /** Options of one stage's load balancer. */
 export interface ProxyOptions {
@@ -60,6 +61,8 @@ export interface ProxyOptions {
    * Default 1000.
    */
   graceMs: number;
+  /** Time `close()` lets jobs queued and held finish before closing anyway, in ms. Default 10000. */
+  drainTimeoutMs: number;
   /** Told the label of a worker found stuck (silent while holding a job past its deadline plus grace), so its supervisor can kill it. */
   onStuck: ((label: string) => void) | undefined;
   /**
@@ -75,15 +78,12 @@ export interface ProxyOptions {
   logger: Logger;
 }
 
-/** Defaults for the options that have them. */
+/** Defaults for the options that have them, from the option schema. */
 export const PROXY_DEFAULTS = Object.freeze({
-  maxQueue: 1024,
-  maxQueueBytes: 64 * 1024 * 1024,
-  heartbeatMs: 1000,
-  liveness: 3,
-  idempotent: false,
-  maxMessageBytes: 64 * 1024 * 1024,
-  graceMs: 1000,
+  ...(defaultsOf(['maxQueue', 'maxQueueBytes', 'heartbeatMs', 'liveness', 'idempotent', 'maxMessageBytes', 'graceMs', 'drainTimeoutMs']) as Pick<
+    ProxyOptions,
+    'maxQueue' | 'maxQueueBytes' | 'heartbeatMs' | 'liveness' | 'idempotent' | 'maxMessageBytes' | 'graceMs' | 'drainTimeoutMs'
+  >),
   onStuck: undefined,
   localLoopback: undefined,
   localNext: undefined,
@@ -175,8 +175,10 @@ export interface ProxyStats {
  * kill it.
  */
 export class Proxy {
-  /** Lifecycle state. */
-  state: 'starting' | 'running' | 'closed' = 'starting';
+  private lifecycle: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  private drained: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+  private destroying: Promise<void> | undefined;
   private readonly options: ProxyOptions;
   private readonly logger: Logger;
   private readonly frontend = new zmq.Pull();
@@ -207,18 +209,18 @@ export class Proxy {
 
   constructor(options: Partial<ProxyOptions> & Pick<ProxyOptions, Required>) {
     const o = withDefaults<ProxyOptions>(PROXY_DEFAULTS as ProxyOptions, options);
-    integerIn('stage', o.stage, 0, 255);
-    nonEmptyString('name', o.name);
-    endpoint('frontend', o.frontend);
-    endpoint('backend', o.backend);
-    if (o.next !== null) endpoint('next', o.next);
-    endpoint('loopback', o.loopback);
-    integerIn('maxQueue', o.maxQueue, 0);
-    integerIn('maxQueueBytes', o.maxQueueBytes, 0);
-    integerIn('heartbeatMs', o.heartbeatMs, 10);
-    integerIn('liveness', o.liveness, 1);
-    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
-    integerIn('graceMs', o.graceMs, 0);
+    check('stageIndex', o.stage, 'stage');
+    check('name', o.name);
+    check('frontend', o.frontend);
+    check('backend', o.backend);
+    if (o.next !== null) check('next', o.next);
+    check('loopback', o.loopback);
+    check('maxQueue', o.maxQueue);
+    check('maxQueueBytes', o.maxQueueBytes);
+    check('heartbeatMs', o.heartbeatMs);
+    check('liveness', o.liveness);
+    check('graceMs', o.graceMs);
+    check('drainTimeoutMs', o.drainTimeoutMs);
     this.options = o;
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
@@ -242,7 +244,7 @@ export class Proxy {
     await this.frontend.bind(o.frontend);
     await this.backend.bind(o.backend);
     this.loopbackSocket?.connect(o.loopback);
-    this.state = 'running';
+    this.lifecycle = 'running';
     const name = o.name;
     this.loops.push(receiveEach(this.frontend, (f) => this.onFrontend(f), this.logger, `stage ${name} frontend`));
     this.loops.push(receiveEach(this.backend, (f) => this.onBackend(f), this.logger, `stage ${name} backend`));
@@ -313,10 +315,43 @@ export class Proxy {
     };
   }
 
-  /** Stops balancing and closes the sockets. Idempotent. */
-  async close(): Promise<void> {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
+  /** Lifecycle state. */
+  get state(): 'starting' | 'running' | 'draining' | 'closed' {
+    return this.lifecycle;
+  }
+
+  /**
+   * Graceful: new jobs are refused 503 (`BF_ERR_DRAINING`), those queued and held by
+   * workers finish (or are answered for, as when a worker dies) for up to
+   * `drainTimeoutMs`, then the sockets close. Idempotent.
+   */
+  close(): Promise<void> {
+    if (this.closing !== undefined) return this.closing;
+    if (this.lifecycle === 'running') this.lifecycle = 'draining';
+    let timer: NodeJS.Timeout | undefined;
+    const idle = this.idle()
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          this.drained = resolve;
+          timer = setTimeout(resolve, this.options.drainTimeoutMs);
+        });
+    this.closing = idle.then(() => {
+      clearTimeout(timer);
+      return this.destroy();
+    });
+    return this.closing;
+  }
+
+  /** Immediate: stops balancing and closes the sockets; jobs queued or held are left to their deadlines. Idempotent. */
+  destroy(): Promise<void> {
+    this.destroying ??= this.stop();
+    this.closing ??= this.destroying;
+    return this.destroying;
+  }
+
+  private async stop(): Promise<void> {
+    this.lifecycle = 'closed';
+    this.drained?.();
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.frontend.close();
     this.backend.close();
@@ -326,13 +361,20 @@ export class Proxy {
     await Promise.all(this.loops);
   }
 
-  /** Same as `close()`: a proxy holds no work of its own to finish. */
-  destroy(): Promise<void> {
-    return this.close();
-  }
-
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  private idle(): boolean {
+    return this.queuedById.size === 0 && this.assigned.size === 0;
+  }
+
+  /** While draining, resolves `close()` once no job is queued or held. */
+  private checkDrained(): void {
+    if (this.lifecycle === 'draining' && this.idle()) {
+      this.drained?.();
+      this.drained = undefined;
+    }
   }
 
   /**
@@ -341,7 +383,7 @@ export class Proxy {
    * else holds it: a large job alone in its message is then passed on without a copy.
    */
   acceptRecords(records: WireRecord[], frame?: Buffer): void {
-    if (this.state !== 'running') return;
+    if (this.lifecycle === 'starting' || this.lifecycle === 'closed') return;
     const alone = records.length === 1 && frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
     for (const r of records) {
       if (r.kind === Kind.JOB) this.accept(r, alone);
@@ -359,6 +401,10 @@ export class Proxy {
   private accept(r: WireRecord, frame: Buffer | undefined): void {
     this.accepted++;
     const job: Job = { id: r.id, flags: r.flags, deadline: r.deadline, payload: r.payload, frame, moved: false, dispatchedAt: 0, prev: undefined, next: undefined, listed: false };
+    if (this.lifecycle === 'draining') {
+      this.refuse(job, 'BF_ERR_DRAINING', `stage ${this.options.name} is shutting down`);
+      return;
+    }
     if (this.queue.size === 0 && this.dispatch(job)) return;
     if (this.liveCount === 0) {
       this.refuse(job, 'BF_ERR_NO_WORKER', `stage ${this.options.name} has no live worker`);
@@ -452,10 +498,7 @@ export class Proxy {
 
   private refuse(job: Job, code: ErrorCode, message: string): void {
     this.refused++;
-    const w = this.toLoopback.writer;
-    w.begin(Kind.ERROR, 0, this.options.stage, job.id, job.deadline);
-    writeError(w, { code, status: ERROR_STATUS[code], message });
-    w.end();
+    writeErrorRecord(this.toLoopback.writer, this.options.stage, job.id, job.deadline, { code, status: ERROR_STATUS[code], message });
   }
 
   private onBackend(frames: Buffer[]): void {
@@ -533,6 +576,7 @@ export class Proxy {
     this.drainQueue();
     this.scheduleWorkers();
     this.toLoopback.schedule();
+    this.checkDrained();
   }
 
   private scheduleWorkers(): void {
@@ -679,6 +723,7 @@ export class Proxy {
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
     this.toLoopback.schedule();
+    this.checkDrained();
   }
 
   private unreachable(key: string): void {
@@ -688,6 +733,7 @@ export class Proxy {
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
     this.toLoopback.schedule();
+    this.checkDrained();
   }
 
   private onHeartbeat(): void {
@@ -711,6 +757,7 @@ export class Proxy {
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
     this.toLoopback.schedule();
+    this.checkDrained();
   }
 
   /** Drops a worker; answers 502 for what it held, or re-queues it once for an idempotent stage. */
@@ -778,7 +825,7 @@ export class Proxy {
 
   private decode(frame: Buffer | undefined, socket: string): WireRecord[] | undefined {
     try {
-      if (frame === undefined) throw new Error('missing frame');
+      if (frame === undefined) throw new WireError('missing frame');
       return decodeRecords(frame);
     } catch (err) {
       this.undecodable++;

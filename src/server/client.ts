@@ -1,7 +1,7 @@
 import * as zmq from 'zeromq';
 import { ERROR_STATUS, InvalidOptionError } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
-import { endpoint, integerIn, withDefaults } from '../options.js';
+import { check, defaultsOf, withDefaults } from '../options.js';
 import {
   Kind,
   LARGE_RECORD_BYTES,
@@ -46,11 +46,9 @@ export interface PipelineClientOptions {
   logger: Logger;
 }
 
-/** Defaults for the options that have them. */
+/** Defaults for the options that have them, from the option schema. */
 export const CLIENT_DEFAULTS = Object.freeze({
-  maxInFlight: 10_000,
-  requestTimeoutMs: 30_000,
-  maxMessageBytes: 64 * 1024 * 1024,
+  ...(defaultsOf(['maxInFlight', 'requestTimeoutMs', 'maxMessageBytes']) as Pick<PipelineClientOptions, 'maxInFlight' | 'requestTimeoutMs' | 'maxMessageBytes'>),
   localStages: undefined,
   logger: silentLogger,
 });
@@ -80,8 +78,7 @@ const CLOSED_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DRAINING', status:
  * end, the simulation and programmatic callers all use it.
  */
 export class PipelineClient {
-  /** Lifecycle state. */
-  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  private lifecycle: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
   private readonly options: PipelineClientOptions;
   private readonly logger: Logger;
   private readonly loopback = new zmq.Pull();
@@ -94,19 +91,16 @@ export class PipelineClient {
   private sweepTimer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
   private drained: (() => void) | undefined;
-  /** Messages on the loopback that could not be decoded, since start. */
-  undecodable = 0;
-  /** Answers for ids not in flight (late, duplicate or forged), dropped, since start. */
-  unmatched = 0;
+  private undecodableCount = 0;
+  private unmatchedCount = 0;
+  private closing: Promise<void> | undefined;
 
   constructor(options: Partial<PipelineClientOptions> & Pick<PipelineClientOptions, 'loopback' | 'stages'>) {
     const o = withDefaults<PipelineClientOptions>(CLIENT_DEFAULTS as PipelineClientOptions, options);
-    endpoint('loopback', o.loopback);
-    if (!Array.isArray(o.stages) || o.stages.length === 0) throw new TypeError('stages must list at least one stage address');
-    o.stages.forEach((s, i) => endpoint(`stages[${i}]`, s));
-    integerIn('maxInFlight', o.maxInFlight, 1);
-    integerIn('requestTimeoutMs', o.requestTimeoutMs, 1);
-    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
+    check('loopback', o.loopback);
+    check('stages', o.stages);
+    check('maxInFlight', o.maxInFlight);
+    check('requestTimeoutMs', o.requestTimeoutMs);
     this.options = o;
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
@@ -134,7 +128,7 @@ export class PipelineClient {
     const every = Math.max(5, Math.min(100, Math.floor(this.options.requestTimeoutMs / 10)));
     this.sweepTimer = setInterval(() => this.sweep(), every);
     this.sweepTimer.unref();
-    this.state = 'running';
+    this.lifecycle = 'running';
   }
 
   /** Where final answers arrive. */
@@ -153,7 +147,7 @@ export class PipelineClient {
    * called with the 503 error.
    */
   submit(payload: Value, onAnswer: AnswerHandler): number {
-    if (this.state !== 'running') {
+    if (this.lifecycle !== 'running') {
       onAnswer(null, CLOSED_ERROR);
       return 0;
     }
@@ -198,29 +192,59 @@ export class PipelineClient {
     this.checkDrained();
   }
 
+  /** Lifecycle state. */
+  get state(): 'starting' | 'running' | 'draining' | 'closed' {
+    return this.lifecycle;
+  }
+
+  /** Messages on the loopback that could not be decoded, since start. */
+  get undecodable(): number {
+    return this.undecodableCount;
+  }
+
+  /** Answers for ids not in flight (late, duplicate or forged), dropped, since start. */
+  get unmatched(): number {
+    return this.unmatchedCount;
+  }
+
   /** Stops taking requests and resolves once every one in flight is answered (or timed out). */
   async drain(): Promise<void> {
-    if (this.state === 'running') this.state = 'draining';
+    if (this.lifecycle === 'running') this.lifecycle = 'draining';
     if (this.pending.size === 0) return;
     await new Promise<void>((resolve) => (this.drained = resolve));
   }
 
-  /** Stops at once: requests in flight are answered 503. Idempotent. */
-  async close(): Promise<void> {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
-    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
-    const pending = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of pending) this.deliver(p, null, CLOSED_ERROR);
-    this.checkDrained();
-    this.loopback.close();
-    for (const s of this.stageSockets) s.close();
-    await this.loop;
+  /** Graceful: stops taking requests, waits for every one in flight to be answered (by its deadline at the latest), then closes the sockets. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.drain().then(() => this.stop(null));
+    return this.closing;
+  }
+
+  /**
+   * Immediate: every request in flight is answered at once with `err` (default 503
+   * `BF_ERR_DRAINING`), then the sockets close. Idempotent.
+   */
+  destroy(err?: ErrorData): Promise<void> {
+    const stopped = this.stop(err ?? CLOSED_ERROR);
+    this.closing ??= stopped;
+    return stopped;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  private async stop(err: ErrorData | null): Promise<void> {
+    if (this.lifecycle === 'closed') return this.loop;
+    this.lifecycle = 'closed';
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) this.deliver(p, null, err ?? CLOSED_ERROR);
+    this.checkDrained();
+    this.loopback.close();
+    for (const s of this.stageSockets) s.close();
+    await this.loop;
   }
 
   private broadcastCancel(id: number): void {
@@ -236,7 +260,7 @@ export class PipelineClient {
     try {
       records = decodeRecords(frames[0] ?? Buffer.alloc(0));
     } catch (err) {
-      this.undecodable++;
+      this.undecodableCount++;
       this.logger.warn({ err }, 'undecodable message on the loopback dropped');
       return;
     }
@@ -249,7 +273,7 @@ export class PipelineClient {
       if (r.kind !== Kind.RESULT && r.kind !== Kind.ERROR) continue;
       const p = this.pending.get(r.id);
       if (p === undefined) {
-        this.unmatched++;
+        this.unmatchedCount++;
         continue;
       }
       let response: ResponseData | null = null;
@@ -258,7 +282,7 @@ export class PipelineClient {
         if (r.kind === Kind.RESULT) response = readResponse(r.payload);
         else error = readError(r.payload);
       } catch (err) {
-        this.undecodable++;
+        this.undecodableCount++;
         this.logger.warn({ err, id: r.id }, 'undecodable answer on the loopback');
         error = { code: 'BF_ERR_INTERNAL', status: 500, message: 'undecodable answer' };
       }

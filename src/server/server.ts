@@ -1,5 +1,5 @@
 import { type Logger, silentLogger } from '../logger.js';
-import { integerIn, nonEmptyString, oneOf, withDefaults } from '../options.js';
+import { type OptionName, check, defaultsOf, withDefaults } from '../options.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
 import { BAD_ANSWER, errorBody, isSendable } from './checks.js';
 import type { PipelineClient } from './client.js';
@@ -56,27 +56,44 @@ export interface ServerOptions {
   logger: Logger;
 }
 
-/** Defaults for the options that have them. */
+/** The front end's options that are in the option schema (`OPTIONS`), checked by `startButterfly`. */
+export const SERVER_OPTION_NAMES = Object.freeze([
+  'host',
+  'port',
+  'engine',
+  'healthPath',
+  'maxUrlBytes',
+  'maxHeaderBytes',
+  'maxHeaderCount',
+  'maxBodyBytes',
+  'keepAliveTimeoutMs',
+  'headersTimeoutMs',
+  'requestReadTimeoutMs',
+  'maxConnections',
+  'maxInFlightPerConnection',
+  'writeTimeoutMs',
+  'maxBodyBytesInFlight',
+  'serverTiming',
+] as const satisfies readonly (keyof ServerOptions & OptionName)[]);
+
+/** Defaults for the options that have them, from the option schema. */
 export const SERVER_DEFAULTS = Object.freeze({
-  host: '127.0.0.1',
-  port: 8002,
-  engine: 'node' as EngineName,
-  healthPath: '/health',
-  maxUrlBytes: 8192,
-  maxHeaderBytes: 16 * 1024,
-  maxHeaderCount: 100,
-  maxBodyBytes: 10 * 1024 * 1024,
-  keepAliveTimeoutMs: 5000,
-  headersTimeoutMs: 10_000,
-  requestReadTimeoutMs: 30_000,
-  maxConnections: 20_000,
-  maxInFlightPerConnection: 32,
-  writeTimeoutMs: 30_000,
-  maxBodyBytesInFlight: 256 * 1024 * 1024,
+  ...(defaultsOf(SERVER_OPTION_NAMES) as Omit<ServerOptions, 'client' | 'observer' | 'logger'>),
   observer: undefined,
-  serverTiming: false,
   logger: silentLogger,
 });
+
+/**
+ * Checks the front end's options against the schema, and the bounds that depend on
+ * another option: the read timeout covers the headers timeout, the bytes in flight the
+ * largest body.
+ * @throws InvalidOptionError naming the option, `prefix` first.
+ */
+export function checkServerOptions(o: Pick<ServerOptions, (typeof SERVER_OPTION_NAMES)[number]>, prefix = ''): void {
+  for (const name of SERVER_OPTION_NAMES) check(name, o[name], `${prefix}${name}`);
+  check('requestReadTimeoutMs', o.requestReadTimeoutMs, `${prefix}requestReadTimeoutMs`, o.headersTimeoutMs);
+  check('maxBodyBytesInFlight', o.maxBodyBytesInFlight, `${prefix}maxBodyBytesInFlight`, o.maxBodyBytes);
+}
 
 /** What an observer sees of a request: no body, nothing to copy. */
 export interface ObservedRequest {
@@ -118,11 +135,15 @@ export interface ServerCounters {
  * answer the pipeline client gives for it. A client that goes away cancels its request.
  */
 export class ButterflyServer {
+  private currentState: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+
   /** Lifecycle state. */
-  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  get state(): 'starting' | 'running' | 'draining' | 'closed' {
+    return this.currentState;
+  }
   /** The port listened on, once `listen()` resolved. */
-  port = 0;
-  readonly counters: ServerCounters = { requests: 0, refused: 0, badAnswers: 0 };
+  private listeningPort = 0;
+  private readonly counts: ServerCounters = { requests: 0, refused: 0, badAnswers: 0 };
   private readonly options: ServerOptions;
   private readonly client: PipelineClient;
   private readonly logger: Logger;
@@ -131,22 +152,7 @@ export class ButterflyServer {
 
   constructor(options: Partial<ServerOptions> & Pick<ServerOptions, 'client'>) {
     const o = withDefaults<ServerOptions>(SERVER_DEFAULTS as ServerOptions, options);
-    nonEmptyString('host', o.host);
-    integerIn('port', o.port, 0, 65535);
-    oneOf('engine', o.engine, ['node', 'uws']);
-    if (typeof o.healthPath !== 'string' || !o.healthPath.startsWith('/')) throw new TypeError(`healthPath must start with /, got ${JSON.stringify(o.healthPath)}`);
-    integerIn('maxUrlBytes', o.maxUrlBytes, 16);
-    integerIn('maxHeaderBytes', o.maxHeaderBytes, 256);
-    integerIn('maxHeaderCount', o.maxHeaderCount, 1);
-    integerIn('maxBodyBytes', o.maxBodyBytes, 0);
-    integerIn('keepAliveTimeoutMs', o.keepAliveTimeoutMs, 1);
-    integerIn('headersTimeoutMs', o.headersTimeoutMs, 1);
-    integerIn('requestReadTimeoutMs', o.requestReadTimeoutMs, o.headersTimeoutMs);
-    integerIn('maxConnections', o.maxConnections, 1);
-    integerIn('maxInFlightPerConnection', o.maxInFlightPerConnection, 1);
-    integerIn('writeTimeoutMs', o.writeTimeoutMs, 1);
-    integerIn('maxBodyBytesInFlight', o.maxBodyBytesInFlight, o.maxBodyBytes);
-    if (typeof o.serverTiming !== 'boolean') throw new TypeError(`serverTiming must be a boolean, got ${String(o.serverTiming)}`);
+    checkServerOptions(o);
     this.options = o;
     this.client = o.client;
     this.logger = o.logger;
@@ -177,14 +183,24 @@ export class ButterflyServer {
       limits,
       (req, reply) => this.onRequest(req, reply),
       (status, code) => {
-        this.counters.refused++;
+        this.counts.refused++;
         this.observer?.refused(status, code);
       },
     );
-    this.port = await this.engine.listen(o.host, o.port);
-    this.state = 'running';
+    this.listeningPort = await this.engine.listen(o.host, o.port);
+    this.currentState = 'running';
     this.logger.info({ host: o.host, port: this.port, engine: o.engine }, 'listening');
     return this.port;
+  }
+
+  /** The port listened on, once `listen()` resolved (0 before). */
+  get port(): number {
+    return this.listeningPort;
+  }
+
+  /** Counts of what the front end answered, since start: a snapshot. */
+  get counters(): Readonly<ServerCounters> {
+    return Object.freeze({ ...this.counts });
   }
 
   /** Connections closed because their client did not read its answers within `writeTimeoutMs`, since start. */
@@ -195,9 +211,17 @@ export class ButterflyServer {
   /** Stops accepting connections; open ones finish their requests. Idempotent. */
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
-    this.state = 'draining';
+    this.currentState = 'draining';
     await this.engine?.close();
-    this.state = 'closed';
+    this.currentState = 'closed';
+  }
+
+  /** Stops accepting connections and closes every open one at once; their requests are cancelled. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.currentState = 'draining';
+    await this.engine?.destroy();
+    this.currentState = 'closed';
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -205,7 +229,7 @@ export class ButterflyServer {
   }
 
   private onRequest(req: EngineRequest, reply: EngineReply): void {
-    this.counters.requests++;
+    this.counts.requests++;
     const target = req.target;
     const health = this.options.healthPath;
     const observer = this.observer;
@@ -219,7 +243,7 @@ export class ButterflyServer {
     const data = new RequestData(req.method, target, req.headers, req.body, req.remoteAddress);
     const onAnswer = timed
       ? (response: ResponseData | null, error: ErrorData | null) => this.answerTimed(req, reply, response, error, startedAt)
-      : (response: ResponseData | null, error: ErrorData | null) => answer(reply, response, error, undefined, this.counters);
+      : (response: ResponseData | null, error: ErrorData | null) => answer(reply, response, error, undefined, this.counts);
     const id = this.client.submit(data, onAnswer);
     if (id !== 0) {
       reply.onAbort(() => {
@@ -231,7 +255,7 @@ export class ButterflyServer {
 
   private answerTimed(req: EngineRequest, reply: EngineReply, response: ResponseData | null, error: ErrorData | null, startedAt: number): void {
     const timing = this.options.serverTiming ? `pipeline;dur=${(performance.now() - startedAt).toFixed(3)}` : undefined;
-    answer(reply, response, error, timing, this.counters);
+    answer(reply, response, error, timing, this.counts);
     this.observer?.answered(req, response !== null ? response.status : error!.status, response !== null ? undefined : error!.code, startedAt);
   }
 }

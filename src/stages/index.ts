@@ -24,4 +24,4 @@ export {
 } from './pipeline.js';
 export { parsePossiblePrime, MAX_POSSIBLE_PRIME } from './is-prime/parse.js';
 export { isPrime } from './is-prime/check.js';
-export { ButterflyError } from '../errors.js';
+

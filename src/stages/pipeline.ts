@@ -1,10 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { InvalidOptionError } from '../errors.js';
-import { integerIn, oneOf } from '../options.js';
-import { MAX_WORKER_SLOTS } from '../wire/index.js';
-import type { StageDefinition } from './stage.js';
+import { InvalidOptionError, StageLoadError } from '../errors.js';
+import { check } from '../options.js';
+import { type StageDefinition, checkStage } from './stage.js';
 
 /** How a stage's workers run: threads of this process, or separate processes. */
 export type WorkerTransport = 'thread' | 'process';
@@ -30,10 +29,13 @@ export interface PipelineStage {
 /** The stages of a pipeline, in order. */
 export interface PipelineDescription {
   readonly stages: readonly PipelineStage[];
+  /** Paths the pipeline serves, each its own `route` label in the metrics unless `metricsRoutes` says otherwise. */
+  readonly routes?: readonly string[];
 }
 
-const TRANSPORTS: readonly WorkerTransport[] = ['thread', 'process'];
-const STAGE_FIELDS: readonly string[] = ['module', 'workers', 'concurrency', 'prefetch', 'maxQueue', 'transport', 'timeoutMs'];
+/** A pipeline stage's fields besides `module`: options of the schema, checked by its rules. */
+const STAGE_OPTIONS = ['workers', 'concurrency', 'prefetch', 'maxQueue', 'transport', 'timeoutMs'] as const;
+const STAGE_FIELDS: readonly string[] = ['module', ...STAGE_OPTIONS];
 
 /**
  * Checks a pipeline description and resolves relative module paths against `baseDir`.
@@ -41,11 +43,14 @@ const STAGE_FIELDS: readonly string[] = ['module', 'workers', 'concurrency', 'pr
  */
 export function validatePipeline(description: unknown, baseDir: string): PipelineDescription {
   if (description === null || typeof description !== 'object') throw new InvalidOptionError('pipeline', 'an object', description);
-  const stages = (description as { stages?: unknown }).stages;
+  const { stages, routes, ...rest } = description as { stages?: unknown; routes?: unknown };
+  const unknown = Object.keys(rest)[0];
+  if (unknown !== undefined) throw new InvalidOptionError(unknown, 'one of stages, routes', unknown);
   if (!Array.isArray(stages) || stages.length === 0 || stages.length > 255) {
     throw new InvalidOptionError('stages', 'a list of 1 to 255 stages', stages);
   }
   return {
+    ...(routes === undefined ? {} : { routes: check('metricsRoutes', routes as readonly string[], 'routes') }),
     stages: stages.map((raw: unknown, i): PipelineStage => {
       const at = `stages[${i}]`;
       if (raw === null || typeof raw !== 'object') throw new InvalidOptionError(at, 'an object', raw);
@@ -57,12 +62,9 @@ export function validatePipeline(description: unknown, baseDir: string): Pipelin
       }
       if (typeof s.module !== 'string' || s.module.length === 0) throw new InvalidOptionError(`${at}.module`, 'a module path or a built-in stage name', s.module);
       const out: { -readonly [K in keyof PipelineStage]: PipelineStage[K] } = { module: resolveModule(s.module, baseDir) };
-      if (s.workers !== undefined) out.workers = integerIn(`${at}.workers`, s.workers, 1, 256);
-      if (s.concurrency !== undefined) out.concurrency = integerIn(`${at}.concurrency`, s.concurrency, 1, MAX_WORKER_SLOTS);
-      if (s.prefetch !== undefined) out.prefetch = integerIn(`${at}.prefetch`, s.prefetch, 0, MAX_WORKER_SLOTS);
-      if (s.maxQueue !== undefined) out.maxQueue = integerIn(`${at}.maxQueue`, s.maxQueue, 0);
-      if (s.transport !== undefined) out.transport = oneOf(`${at}.transport`, s.transport, TRANSPORTS);
-      if (s.timeoutMs !== undefined) out.timeoutMs = integerIn(`${at}.timeoutMs`, s.timeoutMs, 1);
+      for (const field of STAGE_OPTIONS) {
+        if (s[field] !== undefined) (out as Record<string, unknown>)[field] = check(field, s[field], `${at}.${field}`);
+      }
       return out;
     }),
   };
@@ -107,21 +109,27 @@ export async function loadPipelineFile(path: string): Promise<PipelineDescriptio
 }
 
 /**
- * Imports a stage module and returns its default export.
- * @throws TypeError when the module has no stage as its default export.
+ * Imports a stage module and returns its default export, checked as `defineStage` checks it.
+ * @throws StageLoadError when the module cannot be imported or has no valid stage as its default export.
  */
 export async function importStage(module: string): Promise<StageDefinition> {
-  const mod = (await import(module)) as { default?: unknown };
-  const stage = mod.default as StageDefinition | undefined;
-  if (stage === undefined || stage === null || typeof stage !== 'object' || typeof stage.handle !== 'function' || typeof stage.name !== 'string') {
-    throw new TypeError(`${module} has no stage as its default export (use defineStage)`);
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(module)) as { default?: unknown };
+  } catch (err) {
+    throw new StageLoadError(`cannot import ${module}: ${err instanceof Error ? err.message : String(err)}`);
   }
-  return stage;
+  try {
+    return checkStage(mod.default);
+  } catch (err) {
+    throw new StageLoadError(`${module} has no stage as its default export (use defineStage): ${(err as Error).message}`);
+  }
 }
 
 /** The built-in is_prime pipeline: stage 1 parses and answers the cheap cases, stage 2 does trial division. */
 export function isPrimePipeline(): PipelineDescription {
   return {
+    routes: ['/is_prime'],
     stages: [
       { module: new URL('./is-prime/parse.js', import.meta.url).href },
       { module: new URL('./is-prime/check.js', import.meta.url).href },

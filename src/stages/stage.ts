@@ -1,4 +1,5 @@
-import { ButterflyError } from '../errors.js';
+import { ButterflyError, InvalidOptionError } from '../errors.js';
+import { check, checkOptional } from '../options.js';
 import type { RequestData, Value } from '../wire/index.js';
 
 /** What a stage's handler returns: built by `ctx.next(...)` or `ctx.respond(...)`. */
@@ -73,20 +74,30 @@ export interface StageDefinition<In = unknown> {
   teardown?(): void | Promise<void>;
 }
 
-/** Marks a module's default export as a stage and checks its shape. */
+/**
+ * Marks a module's default export as a stage and checks its shape.
+ * @throws InvalidOptionError naming the field at fault, e.g. `stage echo: concurrency must be an integer from 1 to 4096, got 0`.
+ */
 export function defineStage<In = unknown>(definition: StageDefinition<In>): StageDefinition<In> {
-  if (definition === null || typeof definition !== 'object') throw new TypeError('defineStage needs an object');
-  if (typeof definition.name !== 'string' || definition.name.length === 0) throw new TypeError('a stage needs a name');
-  if (typeof definition.handle !== 'function') throw new TypeError(`stage ${definition.name} needs a handle function`);
-  const c = definition.concurrency;
-  if (c !== undefined && (!Number.isInteger(c) || c < 1)) {
-    throw new TypeError(`stage ${definition.name}: concurrency must be a positive integer, got ${String(c)}`);
-  }
-  const p = definition.prefetch;
-  if (p !== undefined && (!Number.isInteger(p) || p < 0)) {
-    throw new TypeError(`stage ${definition.name}: prefetch must be a non-negative integer, got ${String(p)}`);
-  }
-  return Object.freeze({ ...definition });
+  return Object.freeze({ ...checkStage(definition) });
+}
+
+/**
+ * Checks that `value` is a stage: an object with a name, a `handle` function, and
+ * `concurrency`, `prefetch`, `timeoutMs` within the option schema's bounds.
+ * @throws InvalidOptionError naming the field.
+ */
+export function checkStage<In = unknown>(value: unknown): StageDefinition<In> {
+  if (value === null || typeof value !== 'object') throw new InvalidOptionError('stage', 'an object (use defineStage)', value);
+  const stage = value as StageDefinition<In>;
+  if (typeof stage.name !== 'string' || stage.name.length === 0) throw new InvalidOptionError('stage name', 'a non-empty string', stage.name);
+  const at = `stage ${stage.name}: `;
+  if (typeof stage.handle !== 'function') throw new InvalidOptionError(`${at}handle`, 'a function', stage.handle);
+  checkOptional('concurrency', stage.concurrency, `${at}concurrency`);
+  checkOptional('prefetch', stage.prefetch, `${at}prefetch`);
+  checkOptional('timeoutMs', stage.timeoutMs, `${at}timeoutMs`);
+  if (stage.idempotent !== undefined) check('idempotent', stage.idempotent, `${at}idempotent`);
+  return stage;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -99,7 +110,7 @@ const BYTES = 'application/octet-stream';
 /** Builds a `Reply` from a body of any supported type and the options of `ctx.respond`. */
 export function makeReply(body: ReplyBody, init?: ReplyInit): Reply {
   const status = init?.status ?? 200;
-  if (!Number.isInteger(status) || status < 100 || status > 599) throw new TypeError(`status must be 100-599, got ${String(status)}`);
+  if (!Number.isInteger(status) || status < 100 || status > 599) throw new InvalidOptionError('status', 'an integer from 100 to 599', status);
   let bytes: Buffer;
   let type: string;
   if (typeof body === 'string') {
@@ -124,8 +135,8 @@ export function makeReply(body: ReplyBody, init?: ReplyInit): Reply {
     for (const name of Object.keys(init.headers)) {
       const lower = name.toLowerCase();
       const value = String(init.headers[name]);
-      if (!HEADER_NAME.test(lower)) throw new TypeError(`invalid response header name ${JSON.stringify(name)}`);
-      if (!HEADER_VALUE.test(value)) throw new TypeError(`invalid value for response header ${lower}`);
+      if (!HEADER_NAME.test(lower)) throw new InvalidOptionError('response header name', 'a token', name);
+      if (!HEADER_VALUE.test(value)) throw new InvalidOptionError(`response header ${lower}`, 'a value without CR, LF or NUL', value);
       if (lower === 'content-length' || lower === 'transfer-encoding' || lower === 'connection') continue;
       if (lower === 'content-type') hasType = true;
       headers.push(lower, value);

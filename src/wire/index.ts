@@ -28,6 +28,7 @@ export {
   writeResponse,
   readResponse,
   writeError,
+  writeErrorRecord,
   readError,
   writeHello,
   readHello,

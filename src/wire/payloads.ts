@@ -194,6 +194,13 @@ export function writeError(w: RecordWriter, err: ErrorData): void {
   w.utf8(err.message);
 }
 
+/** Appends a whole ERROR record: its header for request `id` at `stage`, then the error. */
+export function writeErrorRecord(w: RecordWriter, stage: number, id: number, deadline: number, err: ErrorData): void {
+  w.begin(Kind.ERROR, 0, stage, id, deadline);
+  writeError(w, err);
+  w.end();
+}
+
 /** Decodes an error written by `writeError`. */
 export function readError(payload: Buffer): ErrorData {
   const r = new PayloadReader(payload);

@@ -1,7 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { type Logger, silentLogger } from '../logger.js';
-import { MAX_WORKER_SLOTS } from '../wire/index.js';
-import { endpoint, integerIn, nonEmptyString, oneOf, withDefaults } from '../options.js';
+import { check, defaultsOf, withDefaults } from '../options.js';
+import { WorkerStartError } from '../errors.js';
 import type { WorkerTransport } from '../stages/index.js';
 import type { WorkerHandle } from './handle.js';
 import type { WorkerLaunch } from './launch.js';
@@ -47,17 +47,14 @@ export interface WorkerPoolOptions {
 
 /** Defaults for the options that have them. */
 export const POOL_DEFAULTS = Object.freeze({
-  workers: 2,
+  ...(defaultsOf(['workers', 'maxMessageBytes', 'startTimeoutMs', 'closeTimeoutMs']) as Pick<WorkerPoolOptions, 'workers' | 'maxMessageBytes' | 'startTimeoutMs' | 'closeTimeoutMs'>),
   transport: 'process' as WorkerTransport,
   concurrency: undefined,
   prefetch: undefined,
   attach: undefined,
-  maxMessageBytes: 64 * 1024 * 1024,
-  startTimeoutMs: 10_000,
-  closeTimeoutMs: 10_000,
   timeoutMs: undefined,
   onWorkerExit: undefined,
-  logLevel: 'info',
+  logLevel: defaultsOf(['workerLogLevel']).workerLogLevel as string,
   logger: silentLogger,
 });
 
@@ -84,10 +81,13 @@ interface Slot {
  * restarted in a tight loop.
  */
 export class WorkerPool {
+  private currentState: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+
   /** Lifecycle state. */
-  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
-  /** Workers restarted after an unexpected exit since start. */
-  restarts = 0;
+  get state(): 'starting' | 'running' | 'draining' | 'closed' {
+    return this.currentState;
+  }
+  private restartCount = 0;
   private readonly options: WorkerPoolOptions;
   private readonly logger: Logger;
   private readonly slots: Slot[] = [];
@@ -95,17 +95,15 @@ export class WorkerPool {
 
   constructor(options: Partial<WorkerPoolOptions> & Pick<WorkerPoolOptions, 'name' | 'module' | 'connect'>) {
     const o = withDefaults<WorkerPoolOptions>(POOL_DEFAULTS as WorkerPoolOptions, options);
-    nonEmptyString('name', o.name);
-    nonEmptyString('module', o.module);
-    endpoint('connect', o.connect);
-    integerIn('workers', o.workers, 1, 256);
-    oneOf('transport', o.transport, ['thread', 'process']);
-    if (o.concurrency !== undefined) integerIn('concurrency', o.concurrency, 1, MAX_WORKER_SLOTS);
-    if (o.prefetch !== undefined) integerIn('prefetch', o.prefetch, 0, MAX_WORKER_SLOTS);
-    integerIn('startTimeoutMs', o.startTimeoutMs, 1);
-    integerIn('closeTimeoutMs', o.closeTimeoutMs, 1);
+    check('startTimeoutMs', o.startTimeoutMs);
+    check('closeTimeoutMs', o.closeTimeoutMs);
     this.options = o;
     this.logger = o.logger;
+  }
+
+  /** Workers restarted after an unexpected exit since start. */
+  get restarts(): number {
+    return this.restartCount;
   }
 
   /** Process ids of the pool's worker processes (empty for threads). */
@@ -138,7 +136,7 @@ export class WorkerPool {
       await this.destroy();
       throw failed.reason;
     }
-    this.state = 'running';
+    this.currentState = 'running';
   }
 
   /** Asks every worker to finish what it holds and stop; kills those still running after `closeTimeoutMs`. Idempotent. */
@@ -157,7 +155,7 @@ export class WorkerPool {
 
   private async stopAll(how: 'close' | 'destroy'): Promise<void> {
     if (this.state === 'closed') return;
-    this.state = 'draining';
+    this.currentState = 'draining';
     for (const slot of this.slots) {
       if (slot.timer !== undefined) clearTimeout(slot.timer);
       const handle = slot.handle;
@@ -171,7 +169,7 @@ export class WorkerPool {
       }
     }
     await Promise.all(this.exits.values());
-    this.state = 'closed';
+    this.currentState = 'closed';
   }
 
   private launch(label: string): WorkerLaunch {
@@ -232,7 +230,7 @@ export class WorkerPool {
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(() => {
-        settle(new Error(`a worker of stage ${o.name} did not start within ${o.startTimeoutMs} ms`));
+        settle(new WorkerStartError(`a worker of stage ${o.name} did not start within ${o.startTimeoutMs} ms`));
         handle.kill();
       }, o.startTimeoutMs);
       const settle = (err?: Error): void => {
@@ -244,14 +242,14 @@ export class WorkerPool {
       };
       handle.onReport((report) => {
         if (report.type === 'ready') settle();
-        else settle(new Error(`stage ${o.name} failed to start: ${report.message}`));
+        else settle(new WorkerStartError(`stage ${o.name} failed to start: ${report.message}`));
       });
       this.exits.set(
         handle,
         new Promise<void>((exited) =>
           handle.onExit((code, signal) => {
             this.exits.delete(handle);
-            settle(new Error(`a worker of stage ${o.name} exited while starting (code ${code}, signal ${signal})`));
+            settle(new WorkerStartError(`a worker of stage ${o.name} exited while starting (code ${code}, signal ${signal})`));
             o.onWorkerExit?.(label);
             if (slot.handle === handle) {
               slot.handle = undefined;
@@ -267,7 +265,7 @@ export class WorkerPool {
   private restart(slot: Slot, handle: WorkerHandle, code: number | null, signal: string | null): void {
     slot.failures = Date.now() - slot.startedAt > STABLE_MS ? 0 : slot.failures + 1;
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, slot.failures - 1));
-    this.restarts++;
+    this.restartCount++;
     const level = slot.failures >= CRASH_LOOP_FAILURES ? 'error' : 'warn';
     this.logger[level](
       { stage: this.options.name, worker: slot.label, pid: handle.pid, code, signal, restartInMs: delay, failures: slot.failures },

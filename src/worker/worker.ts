@@ -1,24 +1,17 @@
 import type { MessagePort } from 'node:worker_threads';
-import * as zmq from 'zeromq';
-import { ButterflyError, ERROR_STATUS, toErrorRecord } from '../errors.js';
+import { ButterflyError, ERROR_STATUS, cancelledError, toErrorRecord } from '../errors.js';
+import { Fifo } from '../fifo.js';
 import { type Logger, silentLogger } from '../logger.js';
-import { endpoint, integerIn, withDefaults } from '../options.js';
+import { check, checkOptional, defaultsOf, withDefaults } from '../options.js';
 import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, makeReply } from '../stages/index.js';
 import {
   Flag,
   Kind,
   LARGE_RECORD_BYTES,
-  MAX_WORKER_SLOTS,
-  Outbox,
-  PortOutbox,
   RequestData,
-  configureSocket,
-  decodeRecords,
   readValue,
   readWelcome,
-  receiveEach,
-  receivePort,
-  writeError,
+  writeErrorRecord,
   writeHello,
   writeReturned,
   writeResponse,
@@ -30,7 +23,7 @@ import {
   type WelcomeConfig,
   type WireRecord,
 } from '../wire/index.js';
-import { type Pulse, startPulse } from './pulse.js';
+import { ProxyConnection } from './connection.js';
 
 /** Options of one stage worker. */
 export interface StageWorkerOptions {
@@ -72,9 +65,9 @@ export const WORKER_DEFAULTS = Object.freeze({
   port: undefined,
   concurrency: undefined,
   prefetch: undefined,
-  maxMessageBytes: 64 * 1024 * 1024,
+  maxMessageBytes: defaultsOf(['maxMessageBytes']).maxMessageBytes as number,
   timeoutMs: undefined,
-  graceMs: 1000,
+  graceMs: defaultsOf(['graceMs']).graceMs as number,
   label: '',
   pulse: false,
   logger: silentLogger,
@@ -101,64 +94,57 @@ const CLOSE_GRACE_MS = 5000;
  * concurrency and prefetch window), learns the next stage and the loopback from WELCOME,
  * runs at most `concurrency` jobs at once with up to `prefetch` more waiting, and sends
  * each job's outcome on as soon as it ends: `ctx.next(...)` to the next stage's proxy, a
- * reply or an error to the loopback, then DONE (one credit back) to its proxy. Over
- * ZeroMQ it rejoins a proxy that stops heart-beating; over a port (a worker thread of the
- * proxy's process) everything goes through the port.
+ * reply or an error to the loopback, then DONE (one credit back) to its proxy. This is
+ * the protocol: jobs, outcomes, HELLO and BYE; its `ProxyConnection` is the transport
+ * (sockets or a port, heartbeats, and rebuilding the link to a proxy that went silent).
  */
 export class StageWorker {
-  /** Lifecycle state. */
-  state: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
+  private currentState: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
   private readonly options: StageWorkerOptions;
   private readonly stage: StageDefinition;
   private readonly concurrency: number;
   private readonly prefetch: number;
   private readonly budgetMs: number;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private pulse: Pulse | undefined;
   private readonly logger: Logger;
-  private dealer: zmq.Dealer | undefined;
-  private toProxy: RecordSink;
-  private nextSocket: zmq.Push | undefined;
-  private toNext: RecordSink | undefined;
-  private loopbackSocket: zmq.Push | undefined;
-  private toLoopback: RecordSink | undefined;
-  private config: WelcomeConfig | undefined;
+  private readonly link: ProxyConnection;
   private readonly running = new Map<number, Job>();
   /** Jobs received and not started; bounded by the credit the proxy is given. */
-  private readonly inbox: (WireRecord | undefined)[] = [];
-  private inboxHead = 0;
-  private waiting = 0;
+  private readonly inbox = new Fifo<WireRecord>(16);
   /** Messages of large jobs moved to this thread and not started: given back if the worker leaves. */
   private readonly movedIn = new Map<number, Buffer>();
   private pumpScheduled = false;
   private readonly pumpBound = (): void => this.pump();
   private welcomed: (() => void) | undefined;
-  private heartbeatTimer: NodeJS.Timeout | undefined;
-  private lastHeard = Date.now();
   private idle: (() => void) | undefined;
   private released: (() => void) | undefined;
-  private loops: Promise<void>[] = [];
 
   constructor(options: Partial<StageWorkerOptions> & Pick<StageWorkerOptions, 'stage' | 'connect'>) {
     const o = withDefaults<StageWorkerOptions>(WORKER_DEFAULTS as StageWorkerOptions, options);
-    if (o.port === undefined) endpoint('connect', o.connect);
-    integerIn('maxMessageBytes', o.maxMessageBytes, 1024);
-    this.concurrency = integerIn('concurrency', o.concurrency ?? o.stage.concurrency ?? 1, 1, MAX_WORKER_SLOTS);
-    this.prefetch = integerIn('prefetch', o.prefetch ?? o.stage.prefetch ?? DEFAULT_PREFETCH, 0, MAX_WORKER_SLOTS);
-    const budget = o.timeoutMs ?? o.stage.timeoutMs;
-    this.budgetMs = budget === undefined ? 0 : integerIn('timeoutMs', budget, 1);
-    integerIn('graceMs', o.graceMs, 0);
+    if (o.port === undefined) check('connect', o.connect);
+    this.concurrency = check('concurrency', o.concurrency ?? o.stage.concurrency ?? 1);
+    this.prefetch = check('prefetch', o.prefetch ?? o.stage.prefetch ?? DEFAULT_PREFETCH);
+    this.budgetMs = checkOptional('timeoutMs', o.timeoutMs ?? o.stage.timeoutMs) ?? 0;
+    check('graceMs', o.graceMs);
     this.options = o;
     this.stage = o.stage;
     this.logger = o.logger;
-    if (o.port !== undefined) {
-      const port = o.port;
-      this.toProxy = new PortOutbox(port);
-      receivePort(port, (frame) => this.onProxy(frame), this.logger, 'proxy');
-    } else {
-      this.dealer = this.newDealer();
-      this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
-    }
+    this.link = new ProxyConnection(
+      { connect: o.connect, port: o.port, maxMessageBytes: o.maxMessageBytes, pulse: o.pulse, label: o.label, name: o.stage.name, logger: o.logger },
+      {
+        records: (records, moved) => this.onProxy(records, moved),
+        active: () => this.currentState === 'running',
+        rebuilt: () => {
+          this.takeWaiting();
+          this.join();
+        },
+      },
+    );
+  }
+
+  /** Lifecycle state. */
+  get state(): 'starting' | 'running' | 'draining' | 'closed' {
+    return this.currentState;
   }
 
   /** Runs the stage's setup, joins the proxy and resolves once the proxy has welcomed it. */
@@ -167,12 +153,12 @@ export class StageWorker {
     const welcomed = new Promise<void>((resolve) => (this.welcomed = resolve));
     this.join();
     await welcomed;
-    this.state = 'running';
+    this.currentState = 'running';
   }
 
   /** Jobs held now: running, or received and not yet started. */
   get inFlight(): number {
-    return this.running.size + this.waiting;
+    return this.running.size + this.inbox.size;
   }
 
   /**
@@ -183,9 +169,9 @@ export class StageWorker {
    */
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
-    this.state = 'draining';
+    this.currentState = 'draining';
     this.bye(this.takeWaiting(true));
-    if (this.config !== undefined) {
+    if (this.link.config !== undefined) {
       // The proxy forgets a leaving worker once every job it gave it is done or returned,
       // and then sends BYE: that releases this worker. A worker idle after its last DONE
       // also asks (a heartbeat), in case that BYE was lost.
@@ -199,7 +185,7 @@ export class StageWorker {
         if (this.inFlight === 0) this.askReleased();
       });
     }
-    await this.flushed();
+    await this.link.flushed();
     try {
       await this.stage.teardown?.();
     } catch (err) {
@@ -211,7 +197,7 @@ export class StageWorker {
   /** Closes at once: running jobs are dropped (their proxy answers for them). */
   async destroy(): Promise<void> {
     if (this.state === 'closed') return;
-    for (const job of this.running.values()) job.abort('worker destroyed');
+    for (const job of this.running.values()) job.abort(cancelledError());
     await this.shut();
   }
 
@@ -219,30 +205,27 @@ export class StageWorker {
     await this.close();
   }
 
-  private newDealer(): zmq.Dealer {
-    const dealer = new zmq.Dealer();
-    configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes }, true);
-    dealer.connect(this.options.connect);
-    this.loops.push(receiveEach(dealer, (f) => this.onProxy(f[0]), this.logger, 'proxy'));
-    return dealer;
+  /** The stage index records name: the proxy's, once welcomed. */
+  private get stageIndex(): number {
+    return this.link.config?.stage ?? 0;
   }
 
   /** Joins (or rejoins) the proxy; jobs still running here give their credit back as they end. */
   private join(): void {
-    const w = this.toProxy.writer;
-    w.begin(Kind.HELLO, this.options.pulse && this.options.label !== '' ? Flag.PULSE : 0, this.config?.stage ?? 0, 0, 0);
+    const w = this.link.toProxy.writer;
+    w.begin(Kind.HELLO, this.options.pulse && this.options.label !== '' ? Flag.PULSE : 0, this.stageIndex, 0, 0);
     writeHello(w, { concurrency: this.concurrency, window: this.prefetch, held: this.running.size, label: this.options.label });
     w.end();
-    this.toProxy.schedule();
+    this.link.toProxy.schedule();
   }
 
   /** Says BYE, handing back the ids of jobs never started. */
   private bye(returned: readonly number[]): void {
-    const w = this.toProxy.writer;
-    w.begin(Kind.BYE, 0, this.config?.stage ?? 0, 0, 0);
+    const w = this.link.toProxy.writer;
+    w.begin(Kind.BYE, 0, this.stageIndex, 0, 0);
     writeReturned(w, returned);
     w.end();
-    this.toProxy.schedule();
+    this.link.toProxy.schedule();
   }
 
   /**
@@ -250,16 +233,8 @@ export class StageWorker {
    * `giveBack`, the bytes of moved jobs go back to the proxy first (it has no copy).
    */
   private takeWaiting(giveBack = false): number[] {
-    const ids: number[] = [];
-    for (let i = this.inboxHead; i < this.inbox.length; i++) {
-      const r = this.inbox[i];
-      if (r === undefined) continue;
-      ids.push(r.id);
-      if (giveBack) this.giveBack(r.id);
-    }
-    this.inbox.length = 0;
-    this.inboxHead = 0;
-    this.waiting = 0;
+    const ids = this.inbox.takeAll().map((r) => r.id);
+    if (giveBack) for (const id of ids) this.giveBack(id);
     this.movedIn.clear();
     return ids;
   }
@@ -268,42 +243,17 @@ export class StageWorker {
     const frame = this.movedIn.get(id);
     if (frame === undefined) return;
     this.movedIn.delete(id);
-    this.toProxy.sendAlone(frame, true);
+    this.link.toProxy.sendAlone(frame, true);
   }
 
   private async shut(): Promise<void> {
-    this.state = 'closed';
-    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.currentState = 'closed';
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
-    await this.pulse?.stop();
-    this.dealer?.close();
-    this.nextSocket?.close();
-    this.loopbackSocket?.close();
-    this.options.port?.close();
-    await Promise.all(this.loops);
+    await this.link.close();
   }
 
-  private async flushed(): Promise<void> {
-    for (const sink of [this.toProxy, this.toNext, this.toLoopback]) sink?.flush();
-    const outboxes = [this.toProxy, this.toNext, this.toLoopback].filter((o): o is Outbox => o instanceof Outbox);
-    const deadline = Date.now() + 1000;
-    while (outboxes.some((o) => !o.idle) && Date.now() < deadline) {
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
-
-  private onProxy(frame: Buffer | undefined): void {
-    this.lastHeard = Date.now();
-    let records: WireRecord[];
-    try {
-      records = decodeRecords(frame ?? Buffer.alloc(0));
-    } catch (err) {
-      this.logger.warn({ err, stage: this.stage.name }, 'undecodable message from proxy dropped');
-      return;
-    }
+  private onProxy(records: WireRecord[], moved: Buffer | undefined): void {
     let returned: number[] | undefined;
-    // A large job comes alone in its message, moved here from the proxy's thread.
-    const moved = this.options.port !== undefined && records.length === 1 && frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
     for (const r of records) {
       switch (r.kind) {
         case Kind.JOB:
@@ -314,7 +264,6 @@ export class StageWorker {
             this.giveBack(r.id);
           } else {
             this.inbox.push(r);
-            this.waiting++;
           }
           break;
         case Kind.CANCEL:
@@ -351,38 +300,16 @@ export class StageWorker {
     this.pumpScheduled = false;
     const start = performance.now();
     let long = false;
-    while (this.waiting > 0 && this.running.size < this.concurrency) {
-      const r = this.inbox[this.inboxHead];
-      this.inbox[this.inboxHead++] = undefined;
-      if (r === undefined) continue; // cancelled while waiting
-      this.waiting--;
-      this.run(r);
+    while (this.inbox.size > 0 && this.running.size < this.concurrency) {
+      this.run(this.inbox.shift()!);
       long = performance.now() - start >= TURN_BUDGET_MS;
       if (long) break;
     }
     // After long work, what it produced leaves now; after tiny jobs, at the end of the turn,
     // together with whatever else this turn brings.
-    if (long) this.flushAll();
-    else this.scheduleAll();
-    if (this.waiting === 0) {
-      this.inbox.length = 0;
-      this.inboxHead = 0;
-    } else if (this.running.size < this.concurrency) {
-      this.schedulePump();
-    }
-  }
-
-  private scheduleAll(): void {
-    this.toNext?.schedule();
-    this.toLoopback?.schedule();
-    this.toProxy.schedule();
-  }
-
-  /** Sends everything written: outcomes first, then the DONEs that free credit for more. */
-  private flushAll(): void {
-    this.toNext?.flush();
-    if (this.toLoopback !== this.toNext) this.toLoopback?.flush();
-    if (this.toProxy !== this.toLoopback) this.toProxy.flush();
+    if (long) this.link.flush();
+    else this.link.schedule();
+    if (this.inbox.size > 0 && this.running.size < this.concurrency) this.schedulePump();
   }
 
   private welcome(r: WireRecord): void {
@@ -393,67 +320,10 @@ export class StageWorker {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
     }
-    if (this.config === undefined || this.config.heartbeatMs !== config.heartbeatMs) {
-      if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
-      this.heartbeatTimer = setInterval(() => this.onHeartbeat(), config.heartbeatMs);
-      this.heartbeatTimer.unref();
-    }
-    if (this.options.port !== undefined) {
-      // Through a port, answers and next-stage jobs go to the proxy's process, which routes them.
-      this.toLoopback = this.toProxy;
-      this.toNext = config.next === null ? undefined : this.toProxy;
-    } else {
-      this.connectSockets(config);
-      if (this.options.pulse && this.options.label !== '' && this.pulse === undefined) {
-        this.pulse = startPulse({ connect: this.options.connect, label: this.options.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
-      }
-    }
-    this.config = config;
-    this.lastHeard = Date.now();
+    this.link.configure(config);
     this.logger.info({ stage: this.stage.name, index: config.stage, concurrency: this.concurrency, prefetch: this.prefetch }, 'worker joined its proxy');
     this.welcomed?.();
     this.welcomed = undefined;
-  }
-
-  private connectSockets(config: WelcomeConfig): void {
-    const link = { maxMessageBytes: this.options.maxMessageBytes };
-    if (this.config === undefined || this.config.loopback !== config.loopback) {
-      this.loopbackSocket?.close();
-      this.loopbackSocket = new zmq.Push();
-      configureSocket(this.loopbackSocket, link);
-      this.loopbackSocket.connect(config.loopback);
-      this.toLoopback = new Outbox(this.loopbackSocket, this.logger, 'loopback');
-    }
-    if (config.next !== (this.config?.next ?? null)) {
-      this.nextSocket?.close();
-      this.nextSocket = undefined;
-      this.toNext = undefined;
-      if (config.next !== null) {
-        this.nextSocket = new zmq.Push();
-        configureSocket(this.nextSocket, link);
-        this.nextSocket.connect(config.next);
-        this.toNext = new Outbox(this.nextSocket, this.logger, 'next stage');
-      }
-    }
-  }
-
-  private onHeartbeat(): void {
-    const config = this.config;
-    if (config === undefined || this.state !== 'running') return;
-    // A proxy in this process (a port) cannot go silent without this thread going too.
-    if (this.dealer !== undefined && Date.now() - this.lastHeard > config.heartbeatMs * config.liveness) {
-      // The proxy went silent: reconnect with a fresh socket and join again.
-      this.logger.warn({ stage: this.stage.name }, 'proxy silent; rejoining');
-      this.dealer.close();
-      this.dealer = this.newDealer();
-      this.toProxy = new Outbox(this.dealer, this.logger, 'proxy');
-      this.lastHeard = Date.now();
-      this.takeWaiting();
-      this.join();
-      return;
-    }
-    this.toProxy.writer.empty(Kind.HEARTBEAT, config.stage, 0);
-    this.toProxy.schedule();
   }
 
   private run(r: WireRecord): void {
@@ -461,7 +331,7 @@ export class StageWorker {
     const now = Date.now();
     if (r.deadline !== 0 && r.deadline <= now) {
       // The front end has answered 504 already.
-      this.toProxy.writer.empty(Kind.DONE, r.stage, r.id);
+      this.link.toProxy.writer.empty(Kind.DONE, r.stage, r.id);
       return;
     }
     const budget = this.budgetMs === 0 ? 0 : now + this.budgetMs;
@@ -494,7 +364,7 @@ export class StageWorker {
     if (failed) this.fail(job, err);
     else this.finish(job, value);
     // With jobs waiting, `done` has scheduled the pump, which sends this outcome first.
-    if (this.waiting === 0) this.scheduleAll();
+    if (this.inbox.size === 0) this.link.schedule();
   }
   private finish(job: Job, outcome: unknown): void {
     if (job.cancelled) {
@@ -502,7 +372,7 @@ export class StageWorker {
       return;
     }
     if (outcome instanceof NextOutcome) {
-      const toNext = this.toNext;
+      const toNext = this.link.toNext;
       if (toNext === undefined) {
         this.fail(job, new ButterflyError('BF_ERR_NO_NEXT_STAGE', `stage ${this.stage.name} is the last stage and cannot pass a job on`));
         return;
@@ -525,7 +395,7 @@ export class StageWorker {
       this.fail(job, err);
       return;
     }
-    if (this.emit(this.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length)) this.done(job);
+    if (this.emit(this.link.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length)) this.done(job);
   }
 
   /**
@@ -562,10 +432,7 @@ export class StageWorker {
     if (!job.cancelled) {
       const record = toErrorRecord(err, this.stage.name);
       if (!(err instanceof ButterflyError) || record.code !== err.code) this.logger.warn({ err, stage: this.stage.name, id: job.id }, 'stage handler threw');
-      const w = this.toLoopback!.writer;
-      w.begin(Kind.ERROR, 0, job.stage, job.id, job.requestDeadline);
-      writeError(w, record);
-      w.end();
+      writeErrorRecord(this.link.toLoopback!.writer, job.stage, job.id, job.requestDeadline, record);
     }
     this.done(job);
   }
@@ -592,8 +459,8 @@ export class StageWorker {
         this.done(job);
       }
     }
-    this.toLoopback?.schedule();
-    this.toProxy.schedule();
+    this.link.toLoopback?.schedule();
+    this.link.toProxy.schedule();
   }
 
   /** A job reached its deadline here: its signal aborts, and a stage budget answers 504 itself. */
@@ -601,30 +468,28 @@ export class StageWorker {
     if (job.expired) return;
     job.expired = true;
     const answered = job.cancelled;
-    job.abort('deadline reached');
+    job.abort(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
     // At the request's own deadline the front end answers 504; a shorter stage budget is ours to answer.
     if (!answered && (job.requestDeadline === 0 || job.deadline < job.requestDeadline)) {
-      const w = this.toLoopback!.writer;
-      w.begin(Kind.ERROR, 0, job.stage, job.id, job.requestDeadline);
-      writeError(w, { code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: `stage ${this.stage.name} ran out of time` });
-      w.end();
-      this.toLoopback!.schedule();
+      const late = { code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: `stage ${this.stage.name} ran out of time` };
+      writeErrorRecord(this.link.toLoopback!.writer, job.stage, job.id, job.requestDeadline, late);
+      this.link.toLoopback!.schedule();
     }
   }
 
   private readonly expireBound = (job: Job): void => this.expire(job);
 
   private askReleased(): void {
-    this.toProxy.writer.empty(Kind.HEARTBEAT, this.config?.stage ?? 0, 0);
-    this.toProxy.schedule();
+    this.link.toProxy.writer.empty(Kind.HEARTBEAT, this.stageIndex, 0);
+    this.link.toProxy.schedule();
   }
 
   private done(job: Job): void {
     job.finished();
     // A job given up on at its deadline may still finish later: it is done only once.
     if (!this.running.delete(job.id)) return;
-    this.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
-    if (this.waiting > 0) this.schedulePump();
+    this.link.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
+    if (this.inbox.size > 0) this.schedulePump();
     else if (this.running.size === 0) this.idle?.();
   }
 
@@ -637,19 +502,14 @@ export class StageWorker {
   private cancel(id: number): void {
     const running = this.running.get(id);
     if (running !== undefined) {
-      running.abort('cancelled');
+      running.abort(cancelledError());
       return;
     }
-    for (let i = this.inboxHead; i < this.inbox.length; i++) {
-      const r = this.inbox[i];
-      if (r !== undefined && r.id === id) {
-        // Not started: answer nothing (the client is gone), just free the slot.
-        this.inbox[i] = undefined;
-        this.waiting--;
-        this.movedIn.delete(id);
-        this.toProxy.writer.empty(Kind.DONE, r.stage, id);
-        return;
-      }
+    const waiting = this.inbox.removeFirst((r) => r.id === id);
+    if (waiting !== undefined) {
+      // Not started: answer nothing (the client is gone), just free the slot.
+      this.movedIn.delete(id);
+      this.link.toProxy.writer.empty(Kind.DONE, waiting.stage, id);
     }
   }
 }
@@ -658,6 +518,7 @@ export class StageWorker {
 class Job implements StageContext {
   private controller: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private reason: ButterflyError | undefined;
   /** True once the client no longer waits for this job (cancelled, or past its deadline): its outcome is dropped. */
   cancelled = false;
   /** True once the worker has handled this job's deadline. */
@@ -680,8 +541,8 @@ class Job implements StageContext {
     if (this.controller === undefined) {
       const controller = new AbortController();
       this.controller = controller;
-      if (this.cancelled) {
-        controller.abort(new ButterflyError('BF_ERR_DEADLINE', 'request cancelled'));
+      if (this.reason !== undefined) {
+        controller.abort(this.reason);
       } else if (this.deadline !== 0) {
         this.timer = setTimeout(() => this.onDeadline(this), Math.max(0, this.deadline - Date.now()));
         this.timer.unref();
@@ -698,9 +559,11 @@ class Job implements StageContext {
     return makeReply(body, init);
   }
 
-  abort(why: string): void {
+  /** The client no longer waits: `ctx.signal` aborts with `reason` (`BF_ERR_DEADLINE` or `BF_ERR_CANCELLED`). */
+  abort(reason: ButterflyError): void {
     this.cancelled = true;
-    this.controller?.abort(new ButterflyError('BF_ERR_DEADLINE', why));
+    this.reason ??= reason;
+    this.controller?.abort(this.reason);
   }
 
   finished(): void {
