@@ -2,13 +2,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
+import { InvalidOptionError } from './errors.js';
 import { type FrontEnd, startFrontEnd } from './front-end.js';
 import { type Logger, silentLogger } from './logger.js';
 import type { AdminServer, Readiness, StageReadiness, StageSample } from './metrics/index.js';
 import { type OptionName, check, checkMessageRoom, checkOptional, defaultsOf, withDefaults } from './options.js';
 import { Proxy } from './proxy/index.js';
 import { type ButterflyServer, PipelineClient, SERVER_DEFAULTS, checkServerOptions, type EngineName, type ServerOptions } from './server/index.js';
-import { type PipelineDescription, type WorkerTransport, importStage, isPrimePipeline, validatePipeline } from './stages/index.js';
+import { type PipelineDescription, type PipelineStage, type StageDefinition, type WorkerTransport, importStage, isPrimePipeline, validatePipeline } from './stages/index.js';
 import { WorkerPool } from './worker/index.js';
 
 /** Options of a whole pipeline in one command: front end, proxies and worker pools. */
@@ -124,110 +125,129 @@ export interface Butterfly {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** One stage in this process: its proxy and its worker pool. */
+interface LocalStage {
+  readonly name: string;
+  readonly proxy: Proxy;
+  readonly pool: WorkerPool;
+}
+
+/** What the stages of one process tree share. */
+interface StageWiring {
+  readonly o: ButterflyOptions;
+  readonly client: PipelineClient;
+  /** The stages started so far, in order: a proxy hands jobs on to the next one's. */
+  readonly stages: LocalStage[];
+  /** A socket address in the pipeline's private folder. */
+  address(name: string): string;
+}
+
+/**
+ * Starts stage `i`'s proxy and creates its pool (started by the caller). Within this
+ * process the client, the proxies and thread workers hand records to each other directly;
+ * the sockets are there for worker processes.
+ */
+async function startStage(w: StageWiring, i: number, desc: PipelineStage, stage: StageDefinition, last: boolean): Promise<LocalStage> {
+  const { o, client, stages } = w;
+  const backend = w.address(`stage-${i}-workers`);
+  // Both are told of each other: a worker's exit and a stuck worker.
+  const pool = new WorkerPool({
+    name: stage.name,
+    module: desc.module,
+    connect: backend,
+    workers: desc.workers ?? o.workers,
+    transport: desc.transport ?? o.transport,
+    concurrency: desc.concurrency,
+    prefetch: desc.prefetch,
+    attach: () => proxy.attachPort(),
+    maxMessageBytes: o.maxMessageBytes,
+    timeoutMs: desc.timeoutMs,
+    // The proxy hears of a worker's exit at once, not a liveness window later.
+    onWorkerExit: (label) => proxy.workerGone(label),
+    logLevel: o.workerLogLevel,
+    logger: o.logger,
+  });
+  const proxy = new Proxy({
+    stage: i,
+    name: stage.name,
+    frontend: w.address(`stage-${i}-in`),
+    backend,
+    next: last ? null : w.address(`stage-${i + 1}-in`),
+    loopback: w.address('loopback'),
+    maxQueue: desc.maxQueue ?? o.maxQueue,
+    heartbeatMs: o.heartbeatMs,
+    liveness: o.liveness,
+    drainTimeoutMs: o.drainTimeoutMs,
+    idempotent: stage.idempotent === true,
+    maxMessageBytes: o.maxMessageBytes,
+    // A worker found stuck past a deadline is killed by its pool, which starts another.
+    onStuck: (label) => pool.kill(label),
+    localLoopback: (records) => client.acceptAnswers(records),
+    localNext: (records, frame) => stages[i + 1]?.proxy.acceptRecords(records, frame),
+    logger: o.logger,
+  });
+  await proxy.start();
+  return { name: stage.name, proxy, pool };
+}
+
+/** Checks the options that the parts started later would check, so that a mistake fails before any worker starts. */
+function checkOptions(o: ButterflyOptions, given: Partial<ButterflyOptions>): PipelineDescription {
+  const pipeline = validatePipeline(o.pipeline, process.cwd());
+  for (const name of SCHEMA_FIELDS) check(name, o[name]);
+  checkOptional('adminPort', o.adminPort);
+  if (given.accessLog !== undefined && (typeof given.accessLog !== 'object' || typeof given.accessLog.info !== 'function')) {
+    throw new InvalidOptionError('accessLog', 'a logger', given.accessLog);
+  }
+  if (o.http) {
+    checkServerOptions({ ...SERVER_DEFAULTS, ...o.server }, 'server.');
+    checkMessageRoom(o.maxMessageBytes, o.server.maxBodyBytes ?? SERVER_DEFAULTS.maxBodyBytes, 'maxMessageBytes', 'server.maxBodyBytes');
+  }
+  return pipeline;
+}
+
 /**
  * Starts a whole pipeline in this process: the pipeline client and its loopback, one proxy
  * per stage, each stage's worker pool (threads or processes), and the HTTP front end.
  * Endpoints are `ipc://` sockets in a private temporary folder. Resolves once every worker
  * has joined and the server listens.
- * @throws InvalidOptionError for a bad option; Error naming the stage when a stage fails to start.
+ * @throws InvalidOptionError for a bad option, StageLoadError for a stage module that is
+ * not one, WorkerStartError when a stage's workers fail to start.
  */
 export async function startButterfly(options: Partial<ButterflyOptions> = {}): Promise<Butterfly> {
   const o = withDefaults<ButterflyOptions>({ ...BUTTERFLY_DEFAULTS, pipeline: isPrimePipeline() } as ButterflyOptions, options);
-  const pipeline = validatePipeline(o.pipeline, process.cwd());
-  for (const name of SCHEMA_FIELDS) check(name, o[name]);
-  checkOptional('adminPort', o.adminPort);
-  // Checked again by the server itself; here so that a mistake fails before any worker starts.
-  if (o.http) checkServerOptions({ ...SERVER_DEFAULTS, ...o.server }, 'server.');
-  if (o.http) checkMessageRoom(o.maxMessageBytes, o.server.maxBodyBytes ?? SERVER_DEFAULTS.maxBodyBytes, 'maxMessageBytes', 'server.maxBodyBytes');
+  const pipeline = checkOptions(o, options);
   const logger = o.logger;
-  const maxMessageBytes = o.maxMessageBytes;
-
   const dir = mkdtempSync(join(tmpdir(), 'butterfly-'));
   const address = (name: string): string => `ipc://${join(dir, name)}`;
-  const frontends = pipeline.stages.map((_, i) => address(`stage-${i}-in`));
-  const loopback = address('loopback');
-  const proxies: Proxy[] = [];
-  // Within this process the client, the proxies and thread workers hand records to each
-  // other directly; the sockets are there for worker processes.
+  const stages: LocalStage[] = [];
   const client = new PipelineClient({
-    loopback,
-    stages: frontends,
-    localStages: frontends.map((_, i) => (records, frame) => proxies[i]?.acceptRecords(records, frame)),
+    loopback: address('loopback'),
+    stages: pipeline.stages.map((_, i) => address(`stage-${i}-in`)),
+    localStages: pipeline.stages.map((_, i) => (records, frame) => stages[i]?.proxy.acceptRecords(records, frame)),
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
-    maxMessageBytes,
+    maxMessageBytes: o.maxMessageBytes,
     logger,
   });
-  const pools: WorkerPool[] = [];
-  const names: string[] = [];
   let front: FrontEnd | undefined;
 
-  const stageSamples = (): StageSample[] =>
-    proxies.map((proxy, index) => ({
-      index,
-      name: names[index]!,
-      up: proxy.state === 'running',
-      stats: proxy.stats(),
-      pool: pools[index] === undefined ? undefined : { running: pools[index].alive, restarts: pools[index].restarts },
-    }));
-  const stageReadiness = (): StageReadiness[] => proxies.map((proxy, index) => ({ index, name: names[index]!, workers: proxy.stats().workers }));
-
-  /** Stops everything; `graceful` lets idle workers leave cleanly, otherwise they are stopped at once. */
+  /** Stops everything; `graceful` lets workers and proxies finish, otherwise they are stopped at once. */
   const stopAll = async (graceful: boolean): Promise<void> => {
     if (front !== undefined) await front.stop();
     else await client.destroy();
-    await Promise.all(pools.map((p) => (graceful ? p.close() : p.destroy())));
-    await Promise.all(proxies.map((p) => (graceful ? p.close() : p.destroy())));
+    await Promise.all(stages.map((s) => (graceful ? s.pool.close() : s.pool.destroy())));
+    await Promise.all(stages.map((s) => (graceful ? s.proxy.close() : s.proxy.destroy())));
     rmSync(dir, { recursive: true, force: true });
   };
 
   try {
     await client.start();
-    const stages = await Promise.all(pipeline.stages.map((s) => importStage(s.module)));
-    for (let i = 0; i < pipeline.stages.length; i++) {
-      const stage = stages[i]!;
-      const desc = pipeline.stages[i]!;
-      names.push(stage.name);
-      const proxy = new Proxy({
-        stage: i,
-        name: stage.name,
-        frontend: frontends[i]!,
-        backend: address(`stage-${i}-workers`),
-        next: frontends[i + 1] ?? null,
-        loopback,
-        maxQueue: desc.maxQueue ?? o.maxQueue,
-        heartbeatMs: o.heartbeatMs,
-        liveness: o.liveness,
-        idempotent: stage.idempotent === true,
-        maxMessageBytes,
-        // A worker found stuck past a deadline is killed by its pool, which starts another.
-        onStuck: (label) => pools[i]?.kill(label),
-        localLoopback: (records) => client.acceptAnswers(records),
-        localNext: (records, frame) => proxies[i + 1]?.acceptRecords(records, frame),
-        logger,
-      });
-      proxies.push(proxy);
-      await proxy.start();
-      pools.push(
-        new WorkerPool({
-          name: stage.name,
-          module: desc.module,
-          connect: address(`stage-${i}-workers`),
-          workers: desc.workers ?? o.workers,
-          transport: desc.transport ?? o.transport,
-          concurrency: desc.concurrency,
-          prefetch: desc.prefetch,
-          attach: () => proxy.attachPort(),
-          maxMessageBytes,
-          timeoutMs: desc.timeoutMs,
-          // The proxy hears of a worker's exit at once, not a liveness window later.
-          onWorkerExit: (label) => proxy.workerGone(label),
-          logLevel: o.workerLogLevel,
-          logger,
-        }),
-      );
+    const definitions = await Promise.all(pipeline.stages.map((s) => importStage(s.module)));
+    const wiring: StageWiring = { o, client, stages, address };
+    for (let i = 0; i < definitions.length; i++) {
+      stages.push(await startStage(wiring, i, pipeline.stages[i]!, definitions[i]!, i === definitions.length - 1));
     }
-    await Promise.all(pools.map((p) => p.start()));
+    await Promise.all(stages.map((s) => s.pool.start()));
     front = await startFrontEnd({
       client,
       http: o.http,
@@ -238,8 +258,9 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
       metricsRoutes: options.metricsRoutes ?? pipeline.routes ?? [],
       healthPath: o.healthPath,
       accessLog: o.accessLog,
-      stageSamples,
-      stageReadiness,
+      stageSamples: (): StageSample[] =>
+        stages.map(({ name, proxy, pool }, index) => ({ index, name, up: proxy.state === 'running', stats: proxy.stats(), pool: { running: pool.alive, restarts: pool.restarts } })),
+      stageReadiness: (): StageReadiness[] => stages.map(({ name, proxy }, index) => ({ index, name, workers: proxy.stats().workers })),
       logger,
     });
   } catch (err) {
@@ -249,6 +270,7 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
 
   const started = front;
   let closing: Promise<void> | undefined;
+  let destroying: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       const drained = await started.drain(o.drainTimeoutMs);
@@ -257,24 +279,22 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
     })();
     return closing;
   };
-  let destroying: Promise<void> | undefined;
   const destroy = (): Promise<void> => {
     destroying ??= stopAll(false);
     closing ??= destroying;
     return destroying;
   };
-
   return {
     server: started.server,
     port: started.server?.port ?? 0,
     client,
-    proxies,
-    pools,
+    proxies: stages.map((s) => s.proxy),
+    pools: stages.map((s) => s.pool),
     admin: started.admin,
     adminPort: started.admin?.port ?? 0,
     registry: started.registry,
     ready: started.ready,
-    workerPids: () => pools.flatMap((p) => p.pids),
+    workerPids: () => stages.flatMap((s) => s.pool.pids),
     close,
     destroy,
     [Symbol.asyncDispose]: close,
