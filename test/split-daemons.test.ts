@@ -19,6 +19,8 @@ interface Split {
   readonly port: number;
   readonly adminPort: number;
   readonly server: Proc;
+  /** The proxies of stage 1 and stage 2. */
+  readonly proxies: readonly Proc[];
   readonly addr: (name: string) => string;
 }
 
@@ -44,7 +46,7 @@ async function startSplit(): Promise<Split> {
   ];
   const [port, adminPort] = await Promise.all([portOf(server, 'listening'), portOf(server, 'admin listening')]);
   await Promise.all(proxies.map((p) => p.waitFor((l) => l.msg === 'proxy started')));
-  return { port, adminPort, server, addr };
+  return { port, adminPort, server, proxies, addr };
 }
 
 /** A stage-1 pool of two worker threads in one process. */
@@ -206,5 +208,52 @@ describe('split mode: server, proxies and workers as separate butterflyd process
     // The front end counted every one of them as a 200.
     const scrape = parseMetrics((await get(split.adminPort, '/metrics')).body);
     expect(sample(scrape, 'butterfly_http_requests_total', { route: '/is_prime', status: '200' })).toBe(sent.length);
+  }, 90_000);
+
+  it('adds and removes a whole pool of a stage beside an identical one under load: no worker expired, every answer 200, every worker counted', async () => {
+    const split = await startSplit();
+    await startParsePool(split);
+    const startPool = async (name: string): Promise<Proc> => {
+      const pool = procs.start(name, ['worker', '--stage', 'is_prime.check', '--connect', split.addr('workers-1'), '--workers', '2', '--transport', 'process']);
+      await pool.waitFor((l) => l.msg === 'worker pool started');
+      return pool;
+    };
+    const stageTwoWorkers = (count: number): Promise<true> =>
+      pollUntil(`${count} stage-2 workers`, async () => ((await readiness(split.adminPort)).body.stages[1]?.workers === count ? true : undefined));
+    const first = await startPool('check pool A');
+    await stageTwoWorkers(2);
+
+    const numbers = stageTwoNumbers(2_000_000_000, 100_000);
+    const wrong: string[] = [];
+    let next = 0;
+    let stopping = false;
+    let answered = 0;
+    const clients = Array.from({ length: 8 }, async () => {
+      while (!stopping && next < numbers.length) {
+        const n = numbers[next++]!;
+        const res = await request(split.port, `/is_prime?possible_prime=${n}`);
+        answered++;
+        if (res.status !== 200 || res.body !== expected(n)) wrong.push(`${n}: ${res.status} ${res.body}`);
+      }
+    });
+    const answeredAtLeast = (count: number): Promise<true> => pollUntil(`${count} answers`, async () => (answered >= count ? true : undefined), 30_000);
+    try {
+      await answeredAtLeast(200);
+      // A second pool started exactly like the first joins while requests flow...
+      await startPool('check pool B');
+      await stageTwoWorkers(4);
+      await answeredAtLeast(answered + 300);
+      // ...and the first one leaves: its workers say BYE and finish what they hold.
+      expect(await first.stop('SIGTERM')).toBe(0);
+      await stageTwoWorkers(2);
+      await answeredAtLeast(answered + 300);
+    } finally {
+      stopping = true;
+      await Promise.all(clients);
+    }
+    expect(wrong).toEqual([]);
+    const stageTwo = split.proxies[1]!;
+    expect(stageTwo.lines().filter((l) => l.msg === 'worker expired')).toEqual([]);
+    expect(stageTwo.lines().filter((l) => l.msg === 'worker joined')).toHaveLength(4);
   }, 90_000);
 });

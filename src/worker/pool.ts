@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { MessagePort } from 'node:worker_threads';
 import { type Logger, silentLogger } from '../logger.js';
 import { check, defaultsOf, withDefaults } from '../options.js';
@@ -92,6 +94,13 @@ export class WorkerPool {
   private readonly logger: Logger;
   private readonly slots: Slot[] = [];
   private readonly exits = new Map<WorkerHandle, Promise<void>>();
+  /**
+   * This pool among every pool of the stage, on any host: host name, process id and a
+   * random part. Its workers' labels end with it, so that two pools of one stage (two
+   * `butterflyd worker --workers N` started alike) never take each other's workers for
+   * their own.
+   */
+  private readonly identity = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
   constructor(options: Partial<WorkerPoolOptions> & Pick<WorkerPoolOptions, 'name' | 'module' | 'connect'>) {
     const o = withDefaults<WorkerPoolOptions>(POOL_DEFAULTS as WorkerPoolOptions, options);
@@ -221,7 +230,7 @@ export class WorkerPool {
   private spawn(slot: Slot): Promise<void> {
     const o = this.options;
     slot.generation++;
-    const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}`;
+    const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}@${this.identity}`;
     const launch = this.launch(label);
     const handle = o.transport === 'thread' ? startThreadWorker(launch, o.attach?.()) : startProcessWorker(launch);
     slot.handle = handle;
