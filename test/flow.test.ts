@@ -4,7 +4,10 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as zmq from 'zeromq';
 import { Proxy } from '../dist/proxy/index.js';
-import { Kind, RecordWriter, decodeRecords, readError, writeHello, writeReturned, writeValue, type WireRecord } from '../dist/wire/index.js';
+import { defineStage } from '../dist/index.js';
+import { silentLogger } from '../dist/logger.js';
+import { Kind, RecordWriter, decodeRecords, readError, writeHello, writeReturned, writeValue, writeWelcome, type WireRecord } from '../dist/wire/index.js';
+import { StageWorker } from '../dist/worker/index.js';
 
 /**
  * Credit-based flow between a proxy and its workers, driven through real ZeroMQ sockets:
@@ -246,5 +249,44 @@ describe('credit-based flow between a proxy and its workers', () => {
     await worker.done(1);
     const got = await worker.waitFor(Kind.JOB, 2);
     expect(got.map((r) => r.id)).toEqual([1, 3]);
+  });
+});
+
+describe('what a proxy tells its workers', () => {
+  it('keeps a worker from joining a proxy whose WELCOME carries values outside the options\' bounds, and lets it join a sound one', async () => {
+    const router = track(new zmq.Router());
+    await router.bind(addr('fake-proxy'));
+    const errors: string[] = [];
+    let refused: () => void = () => undefined;
+    const refusal = new Promise<void>((resolve) => (refused = resolve));
+    const logger = {
+      ...silentLogger,
+      error: (obj: { err?: Error }, msg: string): void => {
+        errors.push(`${msg}: ${obj.err?.message ?? ''}`);
+        refused();
+      },
+    };
+    const stage = defineStage({ name: 'welcome-check', handle: () => 'ok' });
+    const worker = new StageWorker({ stage, connect: addr('fake-proxy'), logger });
+    const started = worker.start();
+    try {
+      const [identity, hello] = await router.receive();
+      expect(decodeRecords(hello!)[0]!.kind).toBe(Kind.HELLO);
+      const welcome = (heartbeatMs: number): Buffer =>
+        frame((w) => {
+          w.begin(Kind.WELCOME, 0, 0, 0, 0);
+          writeWelcome(w, { stage: 0, next: null, loopback: addr('loopback'), heartbeatMs, liveness: 3 });
+          w.end();
+        });
+      await router.send([identity!, welcome(0)]);
+      await refusal;
+      expect(errors).toEqual(['malformed WELCOME from proxy: WELCOME heartbeatMs must be an integer from 10 to 60000, got 0']);
+      expect(worker.state).toBe('starting');
+      await router.send([identity!, welcome(1000)]);
+      await started;
+      expect(worker.state).toBe('running');
+    } finally {
+      await worker.destroy();
+    }
   });
 });

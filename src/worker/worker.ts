@@ -316,6 +316,12 @@ export class StageWorker {
     let config: WelcomeConfig;
     try {
       config = readWelcome(r.payload);
+      // What a proxy tells its workers is held to the rules of the options it came from.
+      check('stageIndex', config.stage, 'WELCOME stage');
+      check('heartbeatMs', config.heartbeatMs, 'WELCOME heartbeatMs');
+      check('liveness', config.liveness, 'WELCOME liveness');
+      check('loopback', config.loopback, 'WELCOME loopback');
+      if (config.next !== null) check('next', config.next, 'WELCOME next');
     } catch (err) {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
