@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   HEADER_BYTES,
   Kind,
@@ -53,7 +53,9 @@ describe('wire records', () => {
     expect(w.records).toBe(4);
     const records = decodeRecords(w.take());
     expect(records.map((r) => r.kind)).toEqual([Kind.JOB, Kind.DONE, Kind.RESULT, Kind.ERROR]);
-    expect(records[0]).toMatchObject({ flags: 1, stage: 3, id: 0xfffffffe, deadline });
+    expect(records[0]).toMatchObject({ flags: 1, stage: 3, id: 0xfffffffe });
+    // The deadline crossed as the time left: back in this clock, give or take the time in between.
+    expect(Math.abs(records[0]!.deadline - deadline)).toBeLessThan(50);
     expect(readValue(records[0]!.payload)).toBe('héllo');
     expect(records[1]).toMatchObject({ stage: 2, id: 7 });
     expect(records[1]!.payload.length).toBe(0);
@@ -106,20 +108,48 @@ describe('wire records', () => {
     const body = allocateBody(200_000);
     body.fill(9);
     const req = new RequestData('POST', '/echo?x=1', ['host', 'h', 'content-type', 'application/octet-stream'], body, '127.0.0.1');
-    const frame = encodeRequestJob(0x100000007, 1234, req)!;
+    const deadline = Date.now() + 1234;
+    const frame = encodeRequestJob(0x100000007, deadline, req)!;
     expect(frame.buffer).toBe(body.buffer);
     expect(frame.byteOffset + frame.length).toBe(body.byteOffset + body.length);
     const [record, ...rest] = decodeRecords(frame);
     expect(rest).toHaveLength(0);
-    expect(record).toMatchObject({ kind: Kind.JOB, id: 0x100000007, deadline: 1234, flags: 0, stage: 0 });
+    expect(record).toMatchObject({ kind: Kind.JOB, id: 0x100000007, flags: 0, stage: 0 });
+    expect(Math.abs(record!.deadline - deadline)).toBeLessThan(50);
     const back = readValue(record!.payload) as RequestData;
     expect([back.method, back.target, back.headers, back.remoteAddress]).toEqual(['POST', '/echo?x=1', req.headers, '127.0.0.1']);
     expect(back.body.equals(body)).toBe(true);
-    restamp(frame, 1, 3);
+    restamp(frame, 1, 3, deadline + 5000);
     expect(decodeRecords(frame)[0]).toMatchObject({ flags: 1, stage: 3, id: 0x100000007 });
+    expect(Math.abs(decodeRecords(frame)[0]!.deadline - (deadline + 5000))).toBeLessThan(50);
     // Each body is encoded in place once; a plain buffer never is.
     expect(encodeRequestJob(1, 0, req)).toBeUndefined();
     expect(encodeRequestJob(1, 0, new RequestData('POST', '/', [], Buffer.alloc(200_000), ''))).toBeUndefined();
+  });
+
+  it('carries a deadline as the time left, so that a receiver whose clock is an hour ahead still has the time', () => {
+    const w = new RecordWriter();
+    w.begin(Kind.JOB, 0, 0, 1, Date.now() + 5000);
+    writeValue(w, 1);
+    w.end();
+    w.empty(Kind.JOB, 0, 2, 0);
+    w.empty(Kind.JOB, 0, 3, Date.now() - 10);
+    const frame = w.take();
+    // On the wire: about 5,000 ms left, not a clock reading; none stays 0; a past one is negative.
+    expect(frame.readDoubleLE(12)).toBeGreaterThan(4900);
+    expect(frame.readDoubleLE(12)).toBeLessThanOrEqual(5000);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(Date.now() + 3_600_000);
+      const [ahead, none, past] = decodeRecords(frame);
+      expect(ahead!.deadline - Date.now()).toBeGreaterThan(4900);
+      expect(ahead!.deadline - Date.now()).toBeLessThanOrEqual(5000);
+      expect(none!.deadline).toBe(0);
+      expect(past!.deadline).toBeLessThan(Date.now());
+      expect(past!.deadline).not.toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('round-trips every kind of value', () => {

@@ -446,7 +446,7 @@ export class Proxy {
       job.dispatchedAt = performance.now();
       this.assigned.set(job.id, worker);
       if (job.frame !== undefined) {
-        restamp(job.frame, job.flags, this.options.stage);
+        restamp(job.frame, job.flags, this.options.stage, job.deadline);
         // An idempotent stage may have to send the job again: it keeps the bytes.
         if (worker.link.sendAlone(job.frame, !this.options.idempotent)) {
           job.moved = true;

@@ -10,8 +10,13 @@
  * | 2      | 1    | flags (`Flag` bits)                               |
  * | 3      | 1    | stage index the record concerns (0-based)         |
  * | 4      | 8    | request id, u64 LE: low 32 bits a counter, high 32 bits the issuing client's prefix |
- * | 12     | 8    | deadline, ms since the Unix epoch, f64 LE; 0 none  |
+ * | 12     | 8    | deadline, as ms left when written, f64 LE; 0 none, negative past |
  * | 20     | 4    | payload length in bytes, u32 LE                   |
+ *
+ * A deadline travels as the time left, not as a clock reading, so that hosts whose clocks
+ * disagree agree on it: `RecordWriter.begin` takes the deadline in this process's clock
+ * (ms since the epoch) and writes what is left of it, and `decodeRecords` gives it back in
+ * the receiver's clock. The time a record spends between the two counts as not spent.
  *
  * Request ids are JavaScript numbers: a client's prefix stays below 2^21 so that every id
  * is a safe integer (`MAX_ID_PREFIX`); a record whose id is beyond that is rejected.
@@ -23,7 +28,7 @@ import { WireError } from '../errors.js';
 export { WireError };
 
 /** The version byte every record starts with; a record of another version is rejected. */
-export const WIRE_VERSION = 2;
+export const WIRE_VERSION = 3;
 
 /** Bytes in a record header. */
 export const HEADER_BYTES = 24;
@@ -107,6 +112,7 @@ export interface WireRecord {
  */
 export function decodeRecords(frame: Buffer): WireRecord[] {
   const records: WireRecord[] = [];
+  let now = 0;
   let offset = 0;
   const end = frame.length;
   if (end === 0) throw new WireError('empty frame');
@@ -126,7 +132,7 @@ export function decodeRecords(frame: Buffer): WireRecord[] {
       flags: frame[offset + 2]!,
       stage: frame[offset + 3]!,
       id: prefix * TWO_32 + frame.readUInt32LE(offset + 4),
-      deadline: frame.readDoubleLE(offset + 12),
+      deadline: deadlineAt(frame.readDoubleLE(offset + 12), now === 0 ? (now = Date.now()) : now),
       payload: frame.subarray(payloadStart, payloadStart + length),
     });
     offset = payloadStart + length;
@@ -195,7 +201,7 @@ export class RecordWriter {
     b[o + 3] = stage;
     b.writeUInt32LE(id >>> 0, o + 4);
     b.writeUInt32LE(Math.floor(id / TWO_32), o + 8);
-    b.writeDoubleLE(deadline, o + 12);
+    b.writeDoubleLE(timeLeft(deadline), o + 12);
     this.recordStart = o;
     this.len = o + HEADER_BYTES;
   }
@@ -335,12 +341,25 @@ export function extendPayload(frame: Buffer, extra: number): void {
 }
 
 /**
- * Rewrites the flags and stage of the record that a message holds alone, in place: a
- * proxy passing on a large job's message uses it instead of copying the job.
+ * Rewrites the flags, stage and deadline (as the time left now) of the record that a
+ * message holds alone, in place: a proxy passing on a large job's message uses it instead
+ * of copying the job.
  */
-export function restamp(frame: Buffer, flags: number, stage: number): void {
+export function restamp(frame: Buffer, flags: number, stage: number, deadline: number): void {
   frame[2] = flags;
   frame[3] = stage;
+  frame.writeDoubleLE(timeLeft(deadline), 12);
+}
+
+/** A deadline in this process's clock as the time left now; 0 (none) stays 0, one just reached is a tiny negative. */
+function timeLeft(deadline: number): number {
+  if (deadline === 0) return 0;
+  return deadline - Date.now() || -Number.MIN_VALUE;
+}
+
+/** The time left read from a record as a deadline in this process's clock. */
+function deadlineAt(left: number, now: number): number {
+  return left === 0 ? 0 : now + left;
 }
 
 /** Reads a payload field by field; every read is bounds-checked and throws `WireError`. */
