@@ -1,9 +1,9 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isPrime } from '../dist/stages/builtin.js';
-import { request } from './helpers.js';
+import { fixture, request } from './helpers.js';
 import { type Proc, Procs, get, needsStageTwo, parseMetrics, pollUntil, portOf, sample, stageTwoNumbers } from './split-helpers.js';
 
 const procs = new Procs();
@@ -256,4 +256,25 @@ describe('split mode: server, proxies and workers as separate butterflyd process
     expect(stageTwo.lines().filter((l) => l.msg === 'worker expired')).toEqual([]);
     expect(stageTwo.lines().filter((l) => l.msg === 'worker joined')).toHaveLength(4);
   }, 90_000);
+
+  it("kills a worker whose handler blocks its event loop past the deadline, and its pool starts another", async () => {
+    dir = mkdtempSync(join(tmpdir(), 'bf-split-'));
+    const folder = dir;
+    const addr = (name: string): string => `ipc://${join(folder, name)}`;
+    const server = procs.start('server', ['server', '--port', '0', '--loopback', addr('loopback'), '--stages', addr('stage-0'), '--request-timeout', '300']);
+    procs.start('proxy', ['proxy', '--stage-index', '0', '--frontend', addr('stage-0'), '--backend', addr('workers'), '--loopback', addr('loopback')]);
+    const pool = procs.start('pool', ['worker', '--stage', fixture('contract-stage.js'), '--connect', addr('workers'), '--workers', '2', '--transport', 'process']);
+    const port = await portOf(server, 'listening');
+    await pool.waitFor((l) => l.msg === 'worker pool started');
+    const mark = join(folder, 'mark');
+    const res = await request(port, `/spin?ms=60000&mark=${encodeURIComponent(mark)}`);
+    expect(res.status).toBe(504);
+    const spinner = Number(/started (\d+)/.exec(readFileSync(mark, 'utf8'))![1]);
+    // deadline 300 ms + grace 1 s + the watchdog's margin of 1 s, then the pool's restart
+    const exit = await pool.waitFor((l) => l.msg === 'worker exited; restarting', 10_000);
+    expect(exit).toMatchObject({ pid: spinner, signal: 'SIGKILL' });
+    expect(() => process.kill(spinner, 0)).toThrow();
+    await pool.waitFor((l) => l.msg === 'worker joined its proxy' && l.pid !== spinner && pool.lines().filter((m) => m.msg === 'worker joined its proxy').length === 3);
+    for (let i = 0; i < 10; i++) expect((await request(port, '/pid')).status).toBe(200);
+  }, 60_000);
 });

@@ -25,6 +25,8 @@ export interface ConnectionOptions {
   maxMessageBytes: number;
   /** Heartbeat from a thread of its own once joined (a worker process's main thread only). */
   pulse: boolean;
+  /** The worker's watchdog slot, which its pulse reads (see `PulseLaunch.watch`). */
+  watch: SharedArrayBuffer;
   /** The worker's label, which its pulse heartbeats name. */
   label: string;
   /** The stage's name, for logs. */
@@ -113,7 +115,7 @@ export class ProxyConnection {
     } else {
       this.connectSockets(config);
       if (o.pulse && o.label !== '' && this.pulse === undefined) {
-        this.pulse = startPulse({ connect: o.connect, label: o.label, stage: config.stage, heartbeatMs: config.heartbeatMs });
+        this.pulse = startPulse({ connect: o.connect, label: o.label, stage: config.stage, heartbeatMs: config.heartbeatMs, watch: o.watch });
       }
     }
     this.joined = config;

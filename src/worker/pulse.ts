@@ -6,6 +6,13 @@ export interface PulseLaunch {
   readonly label: string;
   readonly stage: number;
   readonly heartbeatMs: number;
+  /**
+   * The watchdog's one slot (a Float64Array over it): the time, in ms since the epoch,
+   * past which a job still held means the worker's event loop is blocked; 0 while none is.
+   * The worker's own sweep keeps it current; past it, the pulse ends the process, and its
+   * pool starts another.
+   */
+  readonly watch: SharedArrayBuffer;
 }
 
 const PULSE_ENTRY = new URL('./pulse-entry.js', import.meta.url);

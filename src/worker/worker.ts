@@ -86,6 +86,13 @@ const TURN_BUDGET_MS = 0.1;
 /** How often running jobs' deadlines are checked, in ms. */
 const SWEEP_MS = 50;
 
+/**
+ * Time past a job's deadline plus grace after which the watchdog takes a job still held
+ * for a blocked event loop, in ms: a live event loop frees the slot at deadline plus grace,
+ * and its next sweep clears the watch.
+ */
+const WATCHDOG_MARGIN_MS = 1000;
+
 /** How long `close()` waits for running jobs before dropping them, in ms. */
 const CLOSE_GRACE_MS = 5000;
 
@@ -108,6 +115,8 @@ export class StageWorker {
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly logger: Logger;
   private readonly link: ProxyConnection;
+  /** The watchdog slot the pulse reads: past this time a job still held means a blocked event loop (0: none). */
+  private readonly watch = new Float64Array(new SharedArrayBuffer(8));
   private readonly running = new Map<number, Job>();
   /** Jobs received and not started; bounded by the credit the proxy is given. */
   private readonly inbox = new Fifo<WireRecord>(16);
@@ -130,7 +139,7 @@ export class StageWorker {
     this.stage = o.stage;
     this.logger = o.logger;
     this.link = new ProxyConnection(
-      { connect: o.connect, port: o.port, maxMessageBytes: o.maxMessageBytes, pulse: o.pulse, label: o.label, name: o.stage.name, logger: o.logger },
+      { connect: o.connect, port: o.port, maxMessageBytes: o.maxMessageBytes, pulse: o.pulse, watch: this.watch.buffer as SharedArrayBuffer, label: o.label, name: o.stage.name, logger: o.logger },
       {
         records: (records, moved) => this.onProxy(records, moved),
         active: () => this.currentState === 'running',
@@ -343,9 +352,13 @@ export class StageWorker {
     const budget = this.budgetMs === 0 ? 0 : now + this.budgetMs;
     const job = new Job(r.id, r.stage, r.deadline, budget !== 0 && (r.deadline === 0 || budget < r.deadline) ? budget : r.deadline, r.flags & ~Flag.RETRIED, this.expireBound);
     this.running.set(job.id, job);
-    if (job.deadline !== 0 && this.sweepTimer === undefined) {
-      this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS);
-      this.sweepTimer.unref();
+    if (job.deadline !== 0) {
+      const stuckAfter = job.deadline + this.options.graceMs + WATCHDOG_MARGIN_MS;
+      if (this.watch[0] === 0 || stuckAfter < this.watch[0]!) this.watch[0] = stuckAfter;
+      if (this.sweepTimer === undefined) {
+        this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS);
+        this.sweepTimer.unref();
+      }
     }
     let outcome: unknown;
     try {
@@ -453,11 +466,16 @@ export class StageWorker {
     if (this.running.size === 0) {
       clearInterval(this.sweepTimer);
       this.sweepTimer = undefined;
+      this.watch[0] = 0;
       return;
     }
     const now = Date.now();
+    let stuckAfter = 0;
     for (const job of this.running.values()) {
-      if (job.deadline === 0 || now < job.deadline) continue;
+      if (job.deadline === 0) continue;
+      const after = job.deadline + this.options.graceMs + WATCHDOG_MARGIN_MS;
+      if (stuckAfter === 0 || after < stuckAfter) stuckAfter = after;
+      if (now < job.deadline) continue;
       if (!job.expired) {
         this.expire(job);
       } else if (now >= job.deadline + this.options.graceMs) {
@@ -465,6 +483,7 @@ export class StageWorker {
         this.done(job);
       }
     }
+    this.watch[0] = stuckAfter;
     this.link.toLoopback?.schedule();
     this.link.toProxy.schedule();
   }
@@ -495,6 +514,7 @@ export class StageWorker {
     // A job given up on at its deadline may still finish later: it is done only once.
     if (!this.running.delete(job.id)) return;
     this.link.toProxy.writer.empty(Kind.DONE, job.stage, job.id);
+    if (this.running.size === 0) this.watch[0] = 0;
     if (this.inbox.size > 0) this.schedulePump();
     else if (this.running.size === 0) this.idle?.();
   }
