@@ -33,7 +33,7 @@ function fileOtherThan(path: string, unless: string): Promise<string> {
 }
 
 describe('the public surface', () => {
-  it('exports from butterfly only what stage authors, embedders and clients use, and the demo only from butterfly/stages', async () => {
+  it('exports from butterfly only what stage authors, embedders and clients use, the demo only from butterfly/stages, and inject from butterfly/testing', async () => {
     const root = await import('butterfly');
     expect(Object.keys(root).sort()).toEqual([
       'ButterflyError',
@@ -49,6 +49,8 @@ describe('the public surface', () => {
     ]);
     const stages = await import('butterfly/stages');
     expect(Object.keys(stages).sort()).toEqual(['BUILTIN_STAGES', 'MAX_POSSIBLE_PRIME', 'isPrime', 'isPrimePipeline', 'parsePossiblePrime']);
+    const testing = await import('butterfly/testing');
+    expect(Object.keys(testing)).toEqual(['inject']);
   });
 
   it("keeps the README's option table equal to the one the option schema gives", () => {

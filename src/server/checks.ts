@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http';
 import type { ErrorCode } from '../errors.js';
 import { ERROR_STATUS } from '../errors.js';
-import type { ErrorData } from '../wire/index.js';
+import type { ErrorData, ResponseData } from '../wire/index.js';
 import type { EngineLimits } from './engines/engine.js';
 
 /**
@@ -134,6 +134,29 @@ export function isSendable(status: number, headers: readonly string[]): boolean 
 }
 
 const JSON_HEADERS: readonly string[] = Object.freeze(['content-type', 'application/json']);
+
+/** What the client gets for a request, in the terms of HTTP. */
+export interface FinalAnswer {
+  readonly status: number;
+  readonly headers: readonly string[];
+  readonly body: Buffer;
+  /** True when a response from the pipeline HTTP cannot carry was replaced by 502 `BF_ERR_BAD_ANSWER`. */
+  readonly bad: boolean;
+}
+
+/**
+ * The answer for a request from what the pipeline gave (a response or an error): a
+ * response HTTP can carry goes as it is, an error as its JSON body, anything else as 502
+ * `BF_ERR_BAD_ANSWER`. The one place that decides it, for the server and for testing.
+ */
+export function finalAnswer(response: ResponseData | null, error: ErrorData | null): FinalAnswer {
+  if (response !== null && isSendable(response.status, response.headers)) return { status: response.status, headers: response.headers, body: response.body, bad: false };
+  let err = error ?? BAD_ANSWER;
+  const bad = response !== null || !isSendable(err.status, []);
+  if (bad) err = BAD_ANSWER;
+  const { headers, body } = errorBody(err);
+  return { status: err.status, headers, body, bad };
+}
 
 /** The body and headers of an error response: `{"error":{"code":…,"message":…}}`. */
 export function errorBody(err: ErrorData): { headers: readonly string[]; body: Buffer } {

@@ -66,7 +66,8 @@ interface Pending {
   readonly onAnswer: AnswerHandler;
 }
 
-const DEADLINE_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: 'deadline reached' });
+/** What a request past its deadline is answered with, 504. */
+export const DEADLINE_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: 'deadline reached' });
 const OVERLOAD_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_OVERLOADED', status: ERROR_STATUS.BF_ERR_OVERLOADED, message: 'too many requests in flight' });
 const CLOSED_ERROR: ErrorData = Object.freeze({ code: 'BF_ERR_DRAINING', status: ERROR_STATUS.BF_ERR_DRAINING, message: 'the server is shutting down' });
 

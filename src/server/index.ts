@@ -1,4 +1,5 @@
 /** The HTTP front end, its two engines, and the pipeline client that owns the loopback. */
 export { ButterflyServer, SERVER_DEFAULTS, SERVER_OPTION_NAMES, checkServerOptions, type ServerOptions, type ServerCounters, type RequestObserver, type ObservedRequest } from './server.js';
-export { PipelineClient, CLIENT_DEFAULTS, type PipelineClientOptions, type AnswerHandler } from './client.js';
+export { PipelineClient, CLIENT_DEFAULTS, DEADLINE_ERROR, type PipelineClientOptions, type AnswerHandler } from './client.js';
+export { finalAnswer, type FinalAnswer } from './checks.js';
 export { type EngineName } from './engines/index.js';

@@ -1,7 +1,7 @@
 import { type Logger, silentLogger } from '../logger.js';
 import { type OptionName, check, defaultsOf, withDefaults } from '../options.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
-import { BAD_ANSWER, errorBody, isSendable } from './checks.js';
+import { finalAnswer, isSendable } from './checks.js';
 import type { PipelineClient } from './client.js';
 import { type EngineLimits, type EngineName, type EngineReply, type EngineRequest, type HttpEngine, createEngine } from './engines/index.js';
 
@@ -262,15 +262,11 @@ export class ButterflyServer {
 
 function answer(reply: EngineReply, response: ResponseData | null, error: ErrorData | null, timing: string | undefined, counters: ServerCounters): void {
   if (response !== null && isSendable(response.status, response.headers)) {
-    const headers = timing === undefined ? response.headers : [...response.headers, 'server-timing', timing];
-    reply.send(response.status, headers, response.body, false);
+    // The common case, without building an answer object.
+    reply.send(response.status, timing === undefined ? response.headers : [...response.headers, 'server-timing', timing], response.body, false);
     return;
   }
-  let err = error ?? BAD_ANSWER;
-  if (response !== null || !isSendable(err.status, [])) {
-    counters.badAnswers++;
-    err = BAD_ANSWER;
-  }
-  const { headers, body } = errorBody(err);
-  reply.send(err.status, timing === undefined ? headers : [...headers, 'server-timing', timing], body, false);
+  const { status, headers, body, bad } = finalAnswer(response, error);
+  if (bad) counters.badAnswers++;
+  reply.send(status, timing === undefined ? headers : [...headers, 'server-timing', timing], body, false);
 }
