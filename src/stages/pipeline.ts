@@ -108,6 +108,24 @@ export async function loadPipelineFile(path: string): Promise<PipelineDescriptio
   return validatePipeline(parsed, dirname(resolve(path)));
 }
 
+/** A TypeScript module, by its extension. */
+const TYPESCRIPT = /\.[mc]?ts$/;
+
+/**
+ * Imports a TypeScript stage module through tsx, loaded only now: its types are stripped,
+ * not checked (that is the author's editor's business); a syntax error names the file and
+ * line. tsx is an optional peer dependency, needed only for TypeScript stages.
+ */
+async function importTypeScript(module: string): Promise<unknown> {
+  let tsx: { tsImport(specifier: string, parentURL: string): Promise<unknown> };
+  try {
+    tsx = (await import('tsx/esm/api')) as typeof tsx;
+  } catch {
+    throw new StageLoadError(`${module} is TypeScript: install tsx beside butterfly (npm install tsx) to run TypeScript stages`);
+  }
+  return tsx.tsImport(module, import.meta.url);
+}
+
 /**
  * Imports a stage module and returns its default export, checked as `defineStage` checks it.
  * @throws StageLoadError when the module cannot be imported or has no valid stage as its default export.
@@ -115,8 +133,9 @@ export async function loadPipelineFile(path: string): Promise<PipelineDescriptio
 export async function importStage(module: string): Promise<StageDefinition> {
   let mod: { default?: unknown };
   try {
-    mod = (await import(module)) as { default?: unknown };
+    mod = (TYPESCRIPT.test(module) ? await importTypeScript(module) : await import(module)) as { default?: unknown };
   } catch (err) {
+    if (err instanceof StageLoadError) throw err;
     throw new StageLoadError(`cannot import ${module}: ${err instanceof Error ? err.message : String(err)}`);
   }
   try {

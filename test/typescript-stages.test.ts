@@ -1,0 +1,35 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StageLoadError } from '../dist/index.js';
+import { fixture, request, start } from './helpers.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('stages written in TypeScript', () => {
+  for (const transport of ['thread', 'process'] as const) {
+    it(`loads a .ts stage as it is, in a worker ${transport}`, async () => {
+      await using bf = await start({ transport, workers: 1, pipeline: { stages: [{ module: fixture('hello-stage.ts') }] } });
+      const res = await request(bf.port, '/?name=ts');
+      expect(res.status).toBe(200);
+      expect(JSON.parse(res.body)).toEqual({ hello: 'ts', from: 'typescript' });
+    });
+  }
+
+  it('refuses at start-up a .ts stage with a syntax error, naming the file and the line', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bf-ts-'));
+    dirs.push(dir);
+    const file = join(dir, 'broken.ts');
+    writeFileSync(file, "import { defineStage } from 'butterfly';\n\nexport default defineStage({\n  name: 'broken',\n  handle() {\n    return { oops: ;\n  },\n});\n");
+    const err = await start({ workers: 1, pipeline: { stages: [{ module: file }] } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(StageLoadError);
+    expect((err as Error).message).toMatch(/broken\.ts:6/);
+  });
+});
