@@ -130,11 +130,6 @@ function describe(value: unknown): string {
   }
 }
 
-/** Shorthand for `new ButterflyError(code, message)`. */
-export function bfError(code: ErrorCode, message: string): ButterflyError {
-  return new ButterflyError(code, message);
-}
-
 /** A code a client may see: upper-case letters, digits and underscores, at most 64 bytes. */
 const CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 
