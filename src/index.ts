@@ -10,6 +10,7 @@
 export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
 export {
   defineStage,
+  definePipeline,
   HttpRequest,
   type StageDefinition,
   type StageContext,
@@ -19,6 +20,7 @@ export {
   type PipelineDescription,
   type PipelineStage,
   type WorkerTransport,
+  type TypedStage,
 } from './stages/index.js';
 export {
   ButterflyError,

@@ -44,6 +44,7 @@ describe('the public surface', () => {
       'StageLoadError',
       'UwsUnavailableError',
       'WorkerStartError',
+      'definePipeline',
       'defineStage',
       'startButterfly',
     ]);

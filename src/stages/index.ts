@@ -12,6 +12,7 @@ export {
   type ReplyInit,
 } from './stage.js';
 export {
+  definePipeline,
   validatePipeline,
   loadPipelineFile,
   importStage,
@@ -21,6 +22,7 @@ export {
   type PipelineDescription,
   type PipelineStage,
   type WorkerTransport,
+  type TypedStage,
 } from './pipeline.js';
 export { parsePossiblePrime, MAX_POSSIBLE_PRIME } from './is-prime/parse.js';
 export { isPrime } from './is-prime/check.js';

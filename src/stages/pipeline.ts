@@ -3,7 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { InvalidOptionError, StageLoadError } from '../errors.js';
 import { check } from '../options.js';
-import { type StageDefinition, checkStage } from './stage.js';
+import { type HttpRequest, type StageDefinition, checkStage } from './stage.js';
 
 /** How a stage's workers run: threads of this process, or separate processes. */
 export type WorkerTransport = 'thread' | 'process';
@@ -68,6 +68,38 @@ export function validatePipeline(description: unknown, baseDir: string): Pipelin
       return out;
     }),
   };
+}
+
+/** A stage of a typed pipeline: the module workers import, and its definition, for the types. */
+export interface TypedStage<In, Next> extends Omit<PipelineStage, 'module'> {
+  /** The module whose default export is `stage`: a path, or a URL such as `new URL('./parse.ts', import.meta.url)`. */
+  readonly module: string | URL;
+  readonly stage: StageDefinition<In, Next>;
+}
+
+type InOf<S> = S extends TypedStage<infer I, unknown> ? I : never;
+type NextOf<S> = S extends TypedStage<never, infer N> ? N : never;
+
+/** Each stage as given when it takes what the one before passes on; otherwise a type naming both. */
+type Chained<T extends readonly unknown[], Given> = T extends readonly [infer Head, ...infer Rest]
+  ? [
+      [Given] extends [InOf<Head>] ? Head : { readonly error: 'this stage does not take what the stage before it passes on'; readonly takes: InOf<Head>; readonly given: Given },
+      ...Chained<Rest, NextOf<Head>>,
+    ]
+  : [];
+
+/**
+ * A pipeline declared in TypeScript: the compiler checks that each stage takes the payload
+ * the stage before passes with `ctx.next` (the first one takes the request, `HttpRequest`).
+ * Returns the same description a pipeline file gives, for `startButterfly` and `inject`.
+ * @throws InvalidOptionError as `validatePipeline` does.
+ */
+export function definePipeline<const T extends readonly TypedStage<never, unknown>[]>(stages: T & Chained<T, HttpRequest>, options: { readonly routes?: readonly string[] } = {}): PipelineDescription {
+  const description = {
+    ...options,
+    stages: (stages as readonly TypedStage<never, unknown>[]).map(({ module, stage: _stage, ...rest }) => ({ module: module instanceof URL ? module.href : module, ...rest })),
+  };
+  return validatePipeline(description, process.cwd());
 }
 
 /**

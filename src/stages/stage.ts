@@ -3,11 +3,11 @@ import { check, checkOptional } from '../options.js';
 import type { RequestData, Value } from '../wire/index.js';
 
 /** What a stage's handler returns: built by `ctx.next(...)` or `ctx.respond(...)`. */
-export type StageOutcome = NextOutcome | Reply;
+export type StageOutcome<Next = Value> = NextOutcome<Next> | Reply;
 
 /** Pass the request on to the next stage with this payload. */
-export class NextOutcome {
-  constructor(readonly payload: Value) {}
+export class NextOutcome<Next = Value> {
+  constructor(readonly payload: Next) {}
 }
 
 /** A final answer for the client. `headers` is a flat `[name, value, …]` list. */
@@ -30,8 +30,12 @@ export interface ReplyInit {
   headers?: Readonly<Record<string, string>>;
 }
 
-/** What a handler gets besides its payload. */
-export interface StageContext {
+/**
+ * What a handler gets besides its payload. `Next` is the payload it hands to the next
+ * stage: declare it (`defineStage<In, Next>`) and `definePipeline` checks that the next
+ * stage takes it.
+ */
+export interface StageContext<Next = Value> {
   /** The request id, unique among requests in flight. */
   readonly id: number;
   /** 0-based index of this stage in the pipeline. */
@@ -41,13 +45,16 @@ export interface StageContext {
   /** Aborts at the deadline or when the client goes away. */
   readonly signal: AbortSignal;
   /** Hands `payload` to the next stage; return what it returns. */
-  next(payload: Value): NextOutcome;
+  next(payload: Next): NextOutcome<Next>;
   /** Answers the client; return what it returns. */
   respond(body?: ReplyBody, init?: ReplyInit): Reply;
 }
 
-/** A stage: a module's default export, built with `defineStage`. */
-export interface StageDefinition<In = unknown> {
+/**
+ * A stage: a module's default export, built with `defineStage`. `In` is the payload it
+ * takes (`HttpRequest` for a first stage), `Next` the one it passes on.
+ */
+export interface StageDefinition<In = unknown, Next = Value> {
   /** Name in logs, metrics and error messages. */
   readonly name: string;
   /** Jobs one worker of this stage holds at once (default 1). More helps async or tiny handlers. */
@@ -69,7 +76,7 @@ export interface StageDefinition<In = unknown> {
    * any other kind is sent as the response body. A thrown `ButterflyError` answers with its
    * status and message; anything else thrown answers 500 `BF_ERR_STAGE_FAILED`.
    */
-  handle(payload: In, ctx: StageContext): StageOutcome | ReplyBody | Promise<StageOutcome | ReplyBody>;
+  handle(payload: In, ctx: StageContext<Next>): StageOutcome<Next> | ReplyBody | Promise<StageOutcome<Next> | ReplyBody>;
   /** Runs once per worker when it stops. */
   teardown?(): void | Promise<void>;
 }
@@ -78,8 +85,8 @@ export interface StageDefinition<In = unknown> {
  * Marks a module's default export as a stage and checks its shape.
  * @throws InvalidOptionError naming the field at fault, e.g. `stage echo: concurrency must be an integer from 1 to 4096, got 0`.
  */
-export function defineStage<In = unknown>(definition: StageDefinition<In>): StageDefinition<In> {
-  return Object.freeze({ ...checkStage(definition) });
+export function defineStage<In = unknown, Next = Value>(definition: StageDefinition<In, Next>): StageDefinition<In, Next> {
+  return Object.freeze({ ...checkStage<In, Next>(definition) });
 }
 
 /**
@@ -87,9 +94,9 @@ export function defineStage<In = unknown>(definition: StageDefinition<In>): Stag
  * `concurrency`, `prefetch`, `timeoutMs` within the option schema's bounds.
  * @throws InvalidOptionError naming the field.
  */
-export function checkStage<In = unknown>(value: unknown): StageDefinition<In> {
+export function checkStage<In = unknown, Next = Value>(value: unknown): StageDefinition<In, Next> {
   if (value === null || typeof value !== 'object') throw new InvalidOptionError('stage', 'an object (use defineStage)', value);
-  const stage = value as StageDefinition<In>;
+  const stage = value as StageDefinition<In, Next>;
   if (typeof stage.name !== 'string' || stage.name.length === 0) throw new InvalidOptionError('stage name', 'a non-empty string', stage.name);
   const at = `stage ${stage.name}: `;
   if (typeof stage.handle !== 'function') throw new InvalidOptionError(`${at}handle`, 'a function', stage.handle);
