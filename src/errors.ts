@@ -36,6 +36,9 @@ export const ERROR_STATUS = Object.freeze({
   BF_ERR_HTTP_VERSION: 505,
 } as const);
 
+/** Marks a ButterflyError, whichever copy of this module made it (a registered symbol is the same in every copy). */
+const BRAND = Symbol.for('butterfly.ButterflyError');
+
 /** One of the stable error codes. */
 export type ErrorCode = keyof typeof ERROR_STATUS;
 
@@ -59,6 +62,18 @@ export class ButterflyError extends Error implements ErrorRecord {
     this.name = 'ButterflyError';
     this.code = code;
     this.status = status;
+    Object.defineProperty(this, BRAND, { value: true });
+  }
+
+  /**
+   * `err instanceof ButterflyError` holds for a ButterflyError from any copy of this module:
+   * a stage loaded through a loader (TypeScript) or bundled with its own copy of butterfly
+   * throws instances of another class object, which must still answer with their status.
+   * Subclasses keep the ordinary check.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (this !== ButterflyError) return Function.prototype[Symbol.hasInstance].call(this, value);
+    return typeof value === 'object' && value !== null && (value as { [BRAND]?: unknown })[BRAND] === true;
   }
 }
 

@@ -107,9 +107,10 @@ describe('split mode: server, proxies and workers as separate butterflyd process
     // A stage-2 pool joins: ready.
     const checkPool = procs.start('check pool', ['worker', '--stage', 'is_prime.check', '--connect', split.addr('workers-1'), '--workers', '2']);
     await checkPool.waitFor((l) => l.msg === 'worker pool started');
-    const after = await pollUntil('ready', async () => {
+    // Reports come every second: the first one after the pool started may predate its second worker.
+    const after = await pollUntil('ready with both stage-2 workers', async () => {
       const r = await readiness(split.adminPort);
-      return r.status === 200 ? r : undefined;
+      return r.status === 200 && r.body.stages[1]?.workers === 2 ? r : undefined;
     });
     expect(after.body.ready).toBe(true);
     expect(after.body.stages[1]!.workers).toBe(2);
