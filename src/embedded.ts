@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { InvalidOptionError } from './errors.js';
 import { type FrontEnd, startFrontEnd } from './front-end.js';
+import { Jobs } from './jobs.js';
 import { type Logger, silentLogger } from './logger.js';
 import type { AdminServer, Readiness, StageReadiness, StageSample } from './metrics/index.js';
 import { type OptionName, check, checkMessageRoom, checkOptional, defaultsOf, withDefaults } from './options.js';
@@ -106,6 +107,8 @@ export interface Butterfly {
   readonly port: number;
   /** Submits jobs to stage 1 and receives their answers, without HTTP. */
   readonly client: PipelineClient;
+  /** Jobs from code on this pipeline: `send` one, `distribute` many; failures as `ButterflyError`s. */
+  readonly jobs: Jobs;
   readonly proxies: readonly Proxy[];
   readonly pools: readonly WorkerPool[];
   /** The admin server, when `adminPort` is set. */
@@ -128,6 +131,7 @@ export interface Butterfly {
 /** One stage in this process: its proxy and its worker pool. */
 interface LocalStage {
   readonly name: string;
+  readonly idempotent: boolean;
   readonly proxy: Proxy;
   readonly pool: WorkerPool;
 }
@@ -187,7 +191,7 @@ async function startStage(w: StageWiring, i: number, desc: PipelineStage, stage:
     logger: o.logger,
   });
   await proxy.start();
-  return { name: stage.name, proxy, pool };
+  return { name: stage.name, idempotent: stage.idempotent === true, proxy, pool };
 }
 
 /** Checks the options that the parts started later would check, so that a mistake fails before any worker starts. */
@@ -288,6 +292,7 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
     server: started.server,
     port: started.server?.port ?? 0,
     client,
+    jobs: new Jobs(client, stages.every((s) => s.idempotent)),
     proxies: stages.map((s) => s.proxy),
     pools: stages.map((s) => s.pool),
     admin: started.admin,

@@ -143,11 +143,12 @@ export class PipelineClient {
   }
 
   /**
-   * Sends `payload` to stage 1. Returns the request's id, or 0 when the request was
-   * refused at once (too many in flight, or closing): `onAnswer` has then already been
-   * called with the 503 error.
+   * Sends `payload` to stage 1, to be answered within `timeoutMs` (default
+   * `requestTimeoutMs`). Returns the request's id, or 0 when the request was refused at
+   * once (too many in flight, or closing): `onAnswer` has then already been called with
+   * the 503 error.
    */
-  submit(payload: Value, onAnswer: AnswerHandler): number {
+  submit(payload: Value, onAnswer: AnswerHandler, timeoutMs: number = this.options.requestTimeoutMs): number {
     if (this.lifecycle !== 'running') {
       onAnswer(null, CLOSED_ERROR);
       return 0;
@@ -162,7 +163,7 @@ export class PipelineClient {
     // long after every stage has let go of the old one; other clients have other prefixes.
     this.idCounter = (this.idCounter + 1) >>> 0;
     const id = requestId(this.idPrefix, this.idCounter);
-    const deadline = Date.now() + this.options.requestTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
     // A large request travels in a message of its own, which is passed on, not copied.
     const large = payload instanceof RequestData && payload.body.length >= LARGE_RECORD_BYTES;
     const inPlace = large ? encodeRequestJob(id, deadline, payload) : undefined;

@@ -1,0 +1,180 @@
+import { ButterflyError, type ErrorCode, cancelledError } from './errors.js';
+import { check } from './options.js';
+import type { PipelineClient } from './server/index.js';
+import type { ErrorData, ResponseData, Value } from './wire/index.js';
+
+/**
+ * Jobs without HTTP, on the same pipeline as the front end: `send` one job and await its
+ * answer, `distribute` many with a bound on those in flight. Every failure is a
+ * `ButterflyError` with the code and status a client of the HTTP front end would get.
+ */
+
+/** Options of one job. */
+export interface SendOptions {
+  /** Cancels the job: it leaves the queues, its handler's signal aborts, and `send` rejects with `BF_ERR_CANCELLED`. */
+  readonly signal?: AbortSignal;
+  /** Time to the answer, in ms; past it `send` rejects with `BF_ERR_DEADLINE` (504). Default: the pipeline's `requestTimeoutMs`. */
+  readonly timeoutMs?: number;
+  /**
+   * Times to send the job again when it fails with 503 (refused before any stage ran it:
+   * a full queue, no live worker) or, for a pipeline whose stages are all idempotent, 502
+   * (its worker died), waiting 50 ms, then twice as long each time, at most 2 s. Default 0.
+   */
+  readonly retries?: number;
+}
+
+/** Options of `distribute`. */
+export interface DistributeOptions {
+  /** Jobs in flight at most. Default 16. */
+  readonly concurrency?: number;
+  /** Stops the batch: jobs in flight are cancelled and no more are sent; the iteration ends with `BF_ERR_CANCELLED`. */
+  readonly signal?: AbortSignal;
+  /** Time to each answer, in ms (see `SendOptions.timeoutMs`). */
+  readonly timeoutMs?: number;
+  /** Told after each answer: how many have come back, and how many items were sent so far. */
+  readonly onProgress?: (done: number, sent: number) => void;
+}
+
+/** One item's outcome in `distribute`: its answer, or the error it failed with. */
+export type Settled = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: ButterflyError };
+
+const RETRY_FIRST_MS = 50;
+const RETRY_MAX_MS = 2000;
+/** Refusals that happen before any stage ran the job: safe to send again. */
+const REFUSED = new Set(['BF_ERR_OVERLOADED', 'BF_ERR_NO_WORKER']);
+
+/** The jobs client of a running pipeline (`Butterfly.jobs`). */
+export class Jobs {
+  /**
+   * @param client the pipeline client whose stage 1 takes the jobs
+   * @param idempotent true when every stage of the pipeline is idempotent: a job whose worker died may be sent again
+   */
+  constructor(
+    private readonly client: PipelineClient,
+    private readonly idempotent: boolean,
+  ) {}
+
+  /**
+   * Sends one job to stage 1 and resolves with the pipeline's answer: a value sent as JSON
+   * comes back parsed, text as a string, bytes as a Buffer. An answer with an error status
+   * rejects, as does every failure, with a `ButterflyError` carrying its code and status.
+   * @throws InvalidOptionError for a bad `timeoutMs` or `retries`.
+   */
+  async send(payload: Value, options: SendOptions = {}): Promise<unknown> {
+    const timeoutMs = options.timeoutMs === undefined ? undefined : check('requestTimeoutMs', options.timeoutMs, 'timeoutMs');
+    const retries = check('retries', options.retries ?? 0);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.once(payload, options.signal, timeoutMs);
+      } catch (err) {
+        const code = (err as ButterflyError).code;
+        const again = REFUSED.has(code) || (this.idempotent && code === 'BF_ERR_WORKER_DIED');
+        if (!again || attempt >= retries) throw err;
+        await pause(Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** attempt), options.signal);
+      }
+    }
+  }
+
+  /**
+   * Sends every item as a job, at most `concurrency` at once, and yields their outcomes in
+   * the order of `items` as they come back: one failure does not sink the batch. `items`
+   * may be an array or any (async) iterable, read only as fast as jobs are sent, so a
+   * stream of chunks never sits in memory whole.
+   */
+  async *distribute(items: Iterable<Value> | AsyncIterable<Value>, options: DistributeOptions = {}): AsyncGenerator<Settled, void, undefined> {
+    const concurrency = check('concurrency', options.concurrency ?? 16, 'concurrency');
+    const source = Symbol.asyncIterator in items ? items[Symbol.asyncIterator]() : (items as Iterable<Value>)[Symbol.iterator]();
+    const inFlight: Promise<Settled>[] = [];
+    let sent = 0;
+    let done = 0;
+    let exhausted = false;
+    const fill = async (): Promise<void> => {
+      while (!exhausted && inFlight.length < concurrency) {
+        if (options.signal?.aborted === true) throw cancelledError();
+        const next = await source.next();
+        if (next.done === true) {
+          exhausted = true;
+          return;
+        }
+        sent++;
+        inFlight.push(
+          this.send(next.value, { ...(options.signal === undefined ? {} : { signal: options.signal }), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) }).then(
+            (value): Settled => ({ ok: true, value }),
+            (error: unknown): Settled => ({ ok: false, error: error instanceof ButterflyError ? error : new ButterflyError('BF_ERR_INTERNAL', String(error)) }),
+          ),
+        );
+      }
+    };
+    await fill();
+    while (inFlight.length > 0) {
+      const settled = await inFlight.shift()!;
+      done++;
+      options.onProgress?.(done, sent);
+      if (options.signal?.aborted === true) throw cancelledError();
+      yield settled;
+      await fill();
+    }
+  }
+
+  private once(payload: Value, signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<unknown> {
+    if (signal?.aborted === true) return Promise.reject(cancelledError());
+    return new Promise<unknown>((resolve, reject) => {
+      let id = 0;
+      const onAbort = (): void => {
+        this.client.cancel(id);
+        reject(cancelledError());
+      };
+      const onAnswer = (response: ResponseData | null, error: ErrorData | null): void => {
+        signal?.removeEventListener('abort', onAbort);
+        if (error !== null) reject(new ButterflyError(error.code as ErrorCode, error.message, error.status));
+        else if (response!.status >= 400) reject(errorOf(response!));
+        else resolve(valueOf(response!));
+      };
+      id = timeoutMs === undefined ? this.client.submit(payload, onAnswer) : this.client.submit(payload, onAnswer, timeoutMs);
+      if (id !== 0) signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+/** The answer's body as the value it was sent as: JSON parsed, text as a string, anything else as bytes. */
+function valueOf(response: ResponseData): unknown {
+  const type = headerOf(response, 'content-type') ?? '';
+  if (type.startsWith('application/json')) return JSON.parse(response.body.toString('utf8')) as unknown;
+  if (type.startsWith('text/')) return response.body.toString('utf8');
+  return response.body;
+}
+
+/** An answer with an error status as the error: its JSON error body when it has one. */
+function errorOf(response: ResponseData): ButterflyError {
+  try {
+    const { error } = valueOf(response) as { error?: { code?: unknown; message?: unknown } };
+    if (typeof error?.code === 'string' && typeof error.message === 'string') return new ButterflyError(error.code as ErrorCode, error.message, response.status);
+  } catch {
+    // not JSON: the status says it
+  }
+  return new ButterflyError('BF_ERR_STAGE_FAILED', `the pipeline answered ${response.status}`, response.status);
+}
+
+function headerOf(response: ResponseData, name: string): string | undefined {
+  const h = response.headers;
+  for (let i = 0; i + 1 < h.length; i += 2) if (h[i] === name) return h[i + 1];
+  return undefined;
+}
+
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted === true) {
+      reject(cancelledError());
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(cancelledError());
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

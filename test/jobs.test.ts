@@ -1,0 +1,94 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ButterflyError } from '../dist/index.js';
+import { fixture, start } from './helpers.js';
+import { pollUntil } from './split-helpers.js';
+
+const JOBS = { stages: [{ module: fixture('job-stage.js') }] };
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+function markFile(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bf-jobs-'));
+  dirs.push(dir);
+  return join(dir, 'mark');
+}
+function markOf(path: string, unless: string): Promise<string> {
+  return pollUntil(`${path} written`, async () => {
+    try {
+      const text = readFileSync(path, 'utf8');
+      return text === unless ? undefined : text;
+    } catch {
+      return undefined;
+    }
+  });
+}
+async function rejection(promise: Promise<unknown>): Promise<ButterflyError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ButterflyError);
+  return err as ButterflyError;
+}
+
+describe('jobs from code: send', () => {
+  it('resolves with the answer as it was sent, and rejects with the code and status a client would get', async () => {
+    await using bf = await start({ http: false, workers: 1, pipeline: JOBS });
+    expect(await bf.jobs.send({ op: 'double', n: 21 })).toEqual({ doubled: 42 });
+    expect(await bf.jobs.send({ op: 'text' })).toBe('hi');
+    expect(await rejection(bf.jobs.send({ op: 'fail' }))).toMatchObject({ code: 'BF_ERR_BAD_REQUEST', status: 400, message: 'no' });
+  });
+
+  it('rejects at its own timeout with BF_ERR_DEADLINE, and on abort with BF_ERR_CANCELLED while the handler sees the same', async () => {
+    await using bf = await start({ http: false, workers: 2, pipeline: JOBS });
+    const late = markFile();
+    expect(await rejection(bf.jobs.send({ op: 'sleep', ms: 30_000, mark: late }, { timeoutMs: 300 }))).toMatchObject({ code: 'BF_ERR_DEADLINE', status: 504 });
+    expect(await markOf(late, 'started')).toBe('BF_ERR_DEADLINE');
+    const gone = markFile();
+    const controller = new AbortController();
+    const sent = bf.jobs.send({ op: 'sleep', ms: 30_000, mark: gone }, { signal: controller.signal });
+    await markOf(gone, '');
+    controller.abort();
+    expect(await rejection(sent)).toMatchObject({ code: 'BF_ERR_CANCELLED' });
+    expect(await markOf(gone, 'started')).toBe('BF_ERR_CANCELLED');
+  });
+
+  it('sends a job refused with 503 again when asked to, and not otherwise', async () => {
+    // One worker running one job at a time, and no queue: a second job is refused while the first runs.
+    await using bf = await start({ http: false, workers: 1, pipeline: { stages: [{ module: fixture('job-stage.js'), concurrency: 1, prefetch: 0, maxQueue: 0 }] } });
+    const busy = markFile();
+    const first = bf.jobs.send({ op: 'sleep', ms: 400, mark: busy });
+    await markOf(busy, '');
+    expect(await rejection(bf.jobs.send({ op: 'double', n: 1 }))).toMatchObject({ code: 'BF_ERR_OVERLOADED', status: 503 });
+    // 50 + 100 + 200 + 400 ms of waits outlast the running job.
+    expect(await bf.jobs.send({ op: 'double', n: 2 }, { retries: 5 })).toEqual({ doubled: 4 });
+    expect(await first).toEqual({ slept: 400 });
+  });
+});
+
+describe('jobs from code: distribute', () => {
+  it('keeps at most `concurrency` jobs in flight and yields every outcome in input order, a failure among them', async () => {
+    await using bf = await start({ http: false, workers: 2, pipeline: JOBS });
+    let progress = 0;
+    let mostInFlight = 0;
+    const items = function* (): Generator<{ op: string; n: number }> {
+      for (let n = 0; n < 1000; n++) {
+        mostInFlight = Math.max(mostInFlight, bf.client.inFlight);
+        yield { op: n === 500 ? 'fail' : 'double', n };
+      }
+    };
+    const results = [];
+    for await (const settled of bf.jobs.distribute(items(), { concurrency: 8, onProgress: (done) => (progress = done) })) results.push(settled);
+    expect(results).toHaveLength(1000);
+    expect(progress).toBe(1000);
+    expect(mostInFlight).toBeLessThanOrEqual(8);
+    results.forEach((r, n) => {
+      if (n === 500) expect(r).toMatchObject({ ok: false, error: { code: 'BF_ERR_BAD_REQUEST', message: 'no 500' } });
+      else expect(r).toEqual({ ok: true, value: { doubled: 2 * n } });
+    });
+  });
+});
