@@ -1,7 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterEach } from 'vitest';
 import { type Butterfly, type ButterflyOptions, startButterfly } from '../dist/index.js';
 
 /** The daemon's entry, as a user runs it. */
@@ -139,4 +143,17 @@ export function daemon(args: string[], env: NodeJS.ProcessEnv = process.env): Pr
       reject(new Error(`butterflyd exited with ${code} before listening:\n${out}`));
     });
   });
+}
+
+/** A maker of temporary folders for one test file: each is removed after the test that made it. */
+export function tempDirs(prefix: string): () => string {
+  const made: string[] = [];
+  afterEach(() => {
+    for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    const dir = mkdtempSync(join(tmpdir(), prefix));
+    made.push(dir);
+    return dir;
+  };
 }

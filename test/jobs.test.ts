@@ -1,20 +1,14 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ButterflyError } from '../dist/index.js';
-import { fixture, start } from './helpers.js';
+import { fixture, start, tempDirs } from './helpers.js';
 import { pollUntil } from './split-helpers.js';
 
 const JOBS = { stages: [{ module: fixture('job-stage.js') }] };
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+const tempDir = tempDirs('bf-jobs-');
 function markFile(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'bf-jobs-'));
-  dirs.push(dir);
-  return join(dir, 'mark');
+  return join(tempDir(), 'mark');
 }
 function markOf(path: string, unless: string): Promise<string> {
   return pollUntil(`${path} written`, async () => {

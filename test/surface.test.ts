@@ -1,23 +1,14 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { optionsTable } from '../dist/cli/help.js';
 import { ButterflyError, ERROR_STATUS, InvalidOptionError, StageLoadError, WorkerStartError, defineStage, startButterfly } from '../dist/index.js';
-import { BUTTERFLYD, fixture, request, run, start } from './helpers.js';
+import { BUTTERFLYD, fixture, request, run, start, tempDirs } from './helpers.js';
 import { pollUntil } from './split-helpers.js';
 
 const node = process.execPath;
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'bf-surface-'));
-  dirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs('bf-surface-');
 
 /** The text a file holds once it is no longer `unless` (or absent). */
 function fileOtherThan(path: string, unless: string): Promise<string> {

@@ -1,14 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { StageLoadError } from '../dist/index.js';
-import { fixture, request, start } from './helpers.js';
+import { fixture, request, start, tempDirs } from './helpers.js';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+const tempDir = tempDirs('bf-ts-');
 
 describe('stages written in TypeScript', () => {
   for (const transport of ['thread', 'process'] as const) {
@@ -21,9 +17,7 @@ describe('stages written in TypeScript', () => {
   }
 
   it('refuses at start-up a .ts stage with a syntax error, naming the file and the line', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'bf-ts-'));
-    dirs.push(dir);
-    const file = join(dir, 'broken.ts');
+    const file = join(tempDir(), 'broken.ts');
     writeFileSync(file, "import { defineStage } from 'butterfly';\n\nexport default defineStage({\n  name: 'broken',\n  handle() {\n    return { oops: ;\n  },\n});\n");
     const err = await start({ workers: 1, pipeline: { stages: [{ module: file }] } }).then(
       () => undefined,
