@@ -41,6 +41,8 @@ export interface OptionSpec {
   readonly defaultText?: string;
   /** Per command, a default other than the one from code. */
   readonly commandDefault?: Partial<Readonly<Record<Command, string | number | boolean | readonly string[]>>>;
+  /** For the daemon's commands without a `commandDefault`: the number of cores this machine has. */
+  readonly coresByDefault?: boolean;
   /** One line on what it does. */
   readonly doc: string;
   /** The daemon flag without `--` (default: the name in kebab case); the config field is the flag in camel case. */
@@ -114,7 +116,7 @@ export const OPTIONS = Object.freeze({
     doc: 'request target simulate sends, {n} replaced by each number',
   },
   workers: {
-    kind: 'integer', min: 1, max: 256, default: 2, commandDefault: { worker: 1 }, defaultText: 'the number of cores; 1 for worker', arg: 'N', commands: ['serve', 'simulate', 'worker'], section: 'Pipeline',
+    kind: 'integer', min: 1, max: 256, default: 2, commandDefault: { worker: 1 }, coresByDefault: true, defaultText: 'the number of cores; 1 for worker', arg: 'N', commands: ['serve', 'simulate', 'worker'], section: 'Pipeline',
     doc: 'workers per stage (worker: workers this process runs, more than 1 as a supervised pool)',
   },
   transport: {
@@ -177,7 +179,7 @@ export function envOf(name: OptionName): string {
 export function defaultOf(name: OptionName, command?: Command): unknown {
   const spec = specOf(name);
   if (command !== undefined && spec.commandDefault?.[command] !== undefined) return spec.commandDefault[command];
-  if (name === 'workers' && command !== undefined) return availableParallelism();
+  if (spec.coresByDefault === true && command !== undefined) return availableParallelism();
   return spec.default;
 }
 
