@@ -8,7 +8,7 @@
  * is_prime demo is `butterfly/stages`.
  */
 export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
-export type { Jobs, SendOptions, DistributeOptions, Settled } from './jobs.js';
+export { chunks, type Jobs, type SendOptions, type DistributeOptions, type Settled } from './jobs.js';
 export {
   defineStage,
   definePipeline,

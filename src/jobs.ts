@@ -1,3 +1,4 @@
+import { createReadStream } from 'node:fs';
 import { ButterflyError, type ErrorCode, cancelledError } from './errors.js';
 import { check } from './options.js';
 import type { PipelineClient } from './server/index.js';
@@ -177,4 +178,32 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/**
+ * Cuts a file (a path or a file URL) or any stream of bytes into chunks of `size` bytes
+ * (the last one shorter), reading as the chunks are taken, never the whole input: feed it
+ * to `distribute` and merge the partial results as they come back (scatter-gather).
+ * @throws InvalidOptionError for a size outside 1 byte to 64 MiB.
+ */
+export async function* chunks(input: string | URL | Iterable<Buffer | string> | AsyncIterable<Buffer | string>, size: number): AsyncGenerator<Buffer, void, undefined> {
+  check('chunkBytes', size, 'size');
+  const source = typeof input === 'string' || input instanceof URL ? createReadStream(input, { highWaterMark: Math.min(size, 1024 * 1024) }) : input;
+  let parts: Buffer[] = [];
+  let held = 0;
+  for await (const piece of source) {
+    let bytes = typeof piece === 'string' ? Buffer.from(piece) : piece;
+    while (bytes.length > 0) {
+      const take = Math.min(size - held, bytes.length);
+      parts.push(bytes.subarray(0, take));
+      held += take;
+      bytes = bytes.subarray(take);
+      if (held === size) {
+        yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+        parts = [];
+        held = 0;
+      }
+    }
+  }
+  if (held > 0) yield Buffer.concat(parts, held);
 }

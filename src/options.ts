@@ -133,6 +133,7 @@ export const OPTIONS = Object.freeze({
   workerLogLevel: { kind: 'choice', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', doc: 'log level of worker threads and processes' },
   startTimeoutMs: { kind: 'integer', min: 1, max: I32, default: 10_000, doc: 'time a worker may take to start (import, setup, join)' },
   closeTimeoutMs: { kind: 'integer', min: 1, max: I32, default: 10_000, doc: 'time a closing worker may take to finish before it is killed' },
+  chunkBytes: { kind: 'integer', min: 1, max: 64 * 1024 * 1024, doc: 'bytes in each chunk `chunks` cuts an input into' },
   retries: { kind: 'integer', min: 0, max: 100, default: 0, doc: 'times a job sent from code is sent again after a refusal (503), or a dead worker (502) when every stage is idempotent' },
   graceMs: { kind: 'integer', min: 0, max: I32, default: 1000, doc: 'time past a job\'s deadline before its silent worker is reported stuck' },
 

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ButterflyError } from '../dist/index.js';
+import { ButterflyError, chunks } from '../dist/index.js';
 import { fixture, start, tempDirs } from './helpers.js';
 import { pollUntil } from './split-helpers.js';
 
@@ -84,5 +84,44 @@ describe('jobs from code: distribute', () => {
       if (n === 500) expect(r).toMatchObject({ ok: false, error: { code: 'BF_ERR_BAD_REQUEST', message: 'no 500' } });
       else expect(r).toEqual({ ok: true, value: { doubled: 2 * n } });
     });
+  });
+});
+
+describe('jobs from code: scatter-gather', () => {
+  it('cuts a file into fixed-size chunks without reading it whole, sums each in the pipeline, and merges the parts to the plain sum', async () => {
+    await using bf = await start({ http: false, workers: 2, pipeline: { stages: [{ module: fixture('digit-sum.js') }] } });
+    // 3,000,007 seeded digits: 100 chunks of 30,000 bytes and a last one of 7.
+    let seed = 42;
+    const digits = Buffer.alloc(3_000_007);
+    for (let i = 0; i < digits.length; i++) {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      digits[i] = 48 + (seed >>> 16) % 10;
+    }
+    const file = join(tempDir(), 'digits.txt');
+    writeFileSync(file, digits);
+    let plain = 0;
+    for (const d of digits) plain += d - 48;
+    let sum = 0;
+    const sizes: number[] = [];
+    const parts = async function* (): AsyncGenerator<Buffer> {
+      for await (const chunk of chunks(file, 30_000)) {
+        sizes.push(chunk.length);
+        yield chunk;
+      }
+    };
+    for await (const r of bf.jobs.distribute(parts(), { concurrency: 4 })) {
+      expect(r.ok).toBe(true);
+      if (r.ok) sum += (r.value as { sum: number }).sum;
+    }
+    expect(sum).toBe(plain);
+    expect(sizes).toEqual([...new Array<number>(100).fill(30_000), 7]);
+  });
+
+  it('refuses a chunk size outside its bounds, naming it', async () => {
+    const err = await chunks(['abc'], 0).next().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect((err as Error).message).toBe('size must be an integer from 1 to 67108864, got 0');
   });
 });

@@ -35,6 +35,7 @@ describe('the public surface', () => {
       'StageLoadError',
       'UwsUnavailableError',
       'WorkerStartError',
+      'chunks',
       'definePipeline',
       'defineStage',
       'startButterfly',
