@@ -176,16 +176,18 @@ class Context implements StageContext {
   }
 
   /**
-   * Runs the handler with the job's input. At the deadline the signal aborts; a stage
-   * budget shorter than the request's deadline is answered 504 by the stage itself, as a
-   * worker does (the request's own deadline is the caller's to answer).
+   * Runs the handler with the job's input. At the deadline the signal aborts and the job
+   * ends with 504: its stage's own for a budget shorter than the request's deadline, the
+   * front end's at the request's deadline.
    */
   race(stage: StageDefinition, payload: Value, ownBudget: boolean): Promise<unknown> {
     const input = payload instanceof RequestData ? new HttpRequest(payload) : payload;
     return new Promise<unknown>((resolve, reject) => {
       this.timer = setTimeout(() => {
         this.stop(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
-        if (ownBudget) reject(new ButterflyError('BF_ERR_DEADLINE', `stage ${stage.name} ran out of time`));
+        // Past its deadline the job's own outcome no longer counts, as in a worker: a stage
+        // budget answers 504 itself, the request's deadline gives the front end's 504.
+        reject(ownBudget ? new ButterflyError('BF_ERR_DEADLINE', `stage ${stage.name} ran out of time`) : new ButterflyError('BF_ERR_DEADLINE', DEADLINE_ERROR.message));
       }, Math.max(0, this.deadline - Date.now()));
       try {
         Promise.resolve(stage.handle(input, this)).then(resolve, reject);
