@@ -10,7 +10,7 @@ import type { AdminServer, Readiness, StageReadiness, StageSample } from './metr
 import { type OptionName, check, checkMessageRoom, checkOptional, defaultsOf, withDefaults } from './options.js';
 import { Proxy } from './proxy/index.js';
 import { type ButterflyServer, PipelineClient, SERVER_DEFAULTS, checkServerOptions, type EngineName, type ServerOptions } from './server/index.js';
-import { type PipelineDescription, type PipelineStage, type StageDefinition, type WorkerTransport, importStage, isPrimePipeline, validatePipeline } from './stages/index.js';
+import { type PipelineDescription, type PipelineStage, type StageDefinition, type WorkerTransport, isPrimePipeline, prepareStage, validatePipeline } from './stages/index.js';
 import { WorkerPool } from './worker/index.js';
 
 /** Options of a whole pipeline in one command: front end, proxies and worker pools. */
@@ -246,10 +246,12 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
 
   try {
     await client.start();
-    const definitions = await Promise.all(pipeline.stages.map((s) => importStage(s.module)));
+    const prepared = await Promise.all(pipeline.stages.map((s) => prepareStage(s.module)));
     const wiring: StageWiring = { o, client, stages, address };
-    for (let i = 0; i < definitions.length; i++) {
-      stages.push(await startStage(wiring, i, pipeline.stages[i]!, definitions[i]!, i === definitions.length - 1));
+    for (let i = 0; i < prepared.length; i++) {
+      // Workers import the prepared module: a TypeScript stage's JavaScript, compiled once here.
+      const desc = { ...pipeline.stages[i]!, module: prepared[i]!.module };
+      stages.push(await startStage(wiring, i, desc, prepared[i]!.stage, i === prepared.length - 1));
     }
     await Promise.all(stages.map((s) => s.pool.start()));
     front = await startFrontEnd({

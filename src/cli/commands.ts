@@ -13,7 +13,7 @@ import { type Readiness, type StageSample, StageBoard, StageReporter, createRegi
 import { COMMAND_NAMES, type Command, type OptionName, checkMessageRoom, defaultOf, flagOf, specOf } from '../options.js';
 import { Proxy } from '../proxy/index.js';
 import { PipelineClient, SERVER_OPTION_NAMES, type ServerOptions } from '../server/index.js';
-import { type PipelineDescription, importStage, loadPipelineFile, resolveModule, validatePipeline } from '../stages/index.js';
+import { type PipelineDescription, loadPipelineFile, prepareStage, resolveModule, validatePipeline } from '../stages/index.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
 import { StageWorker, WorkerPool } from '../worker/index.js';
 import { type Settings, UsageError } from './settings.js';
@@ -283,10 +283,11 @@ export async function worker(s: Settings): Promise<void> {
   const stageRef = required(s, 'stage', 'worker');
   const connect = required(s, 'connect', 'worker');
   const { level, logger } = makeLogger(s, 'worker', 'worker');
-  const module = resolveModule(stageRef.value, stageRef.base);
   let stage;
+  let module: string;
   try {
-    stage = await importStage(module);
+    // The pool's workers import the prepared module: a TypeScript stage's JavaScript, compiled once here.
+    ({ stage, module } = await prepareStage(resolveModule(stageRef.value, stageRef.base)));
   } catch (err) {
     throw new UsageError(`--stage: cannot load ${JSON.stringify(stageRef.value)} (${err instanceof Error ? err.message : String(err)})`);
   }

@@ -16,6 +16,7 @@ export {
   validatePipeline,
   loadPipelineFile,
   importStage,
+  prepareStage,
   isPrimePipeline,
   resolveModule,
   BUILTIN_STAGES,
@@ -23,6 +24,7 @@ export {
   type PipelineStage,
   type WorkerTransport,
   type TypedStage,
+  type PreparedStage,
 } from './pipeline.js';
 export { parsePossiblePrime, MAX_POSSIBLE_PRIME } from './is-prime/parse.js';
 export { isPrime } from './is-prime/check.js';

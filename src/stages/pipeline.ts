@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { InvalidOptionError, StageLoadError } from '../errors.js';
 import { check } from '../options.js';
 import { type HttpRequest, type StageDefinition, checkStage } from './stage.js';
+import { TYPESCRIPT, compileTypeScript } from './typescript.js';
 
 /** How a stage's workers run: threads of this process, or separate processes. */
 export type WorkerTransport = 'thread' | 'process';
@@ -140,41 +141,39 @@ export async function loadPipelineFile(path: string): Promise<PipelineDescriptio
   return validatePipeline(parsed, dirname(resolve(path)));
 }
 
-/** A TypeScript module, by its extension. */
-const TYPESCRIPT = /\.[mc]?ts$/;
-
-/**
- * Imports a TypeScript stage module through tsx, loaded only now: its types are stripped,
- * not checked (that is the author's editor's business); a syntax error names the file and
- * line. tsx is an optional peer dependency, needed only for TypeScript stages.
- */
-async function importTypeScript(module: string): Promise<unknown> {
-  let tsx: { tsImport(specifier: string, parentURL: string): Promise<unknown> };
-  try {
-    tsx = (await import('tsx/esm/api')) as typeof tsx;
-  } catch {
-    throw new StageLoadError(`${module} is TypeScript: install tsx beside butterfly (npm install tsx) to run TypeScript stages`);
-  }
-  return tsx.tsImport(module, import.meta.url);
+/** A stage module ready to run: its definition, and the module workers import (for TypeScript, its compiled JavaScript). */
+export interface PreparedStage {
+  readonly stage: StageDefinition;
+  readonly module: string;
 }
 
 /**
- * Imports a stage module and returns its default export, checked as `defineStage` checks it.
- * @throws StageLoadError when the module cannot be imported or has no valid stage as its default export.
+ * Imports a stage module, compiling it first when it is TypeScript, and returns its
+ * default export, checked as `defineStage` checks it, with the module workers should
+ * import: hand that to the workers, and they neither compile nor load a loader.
+ * @throws StageLoadError when the module cannot be compiled or imported, or has no valid stage as its default export.
  */
-export async function importStage(module: string): Promise<StageDefinition> {
+export async function prepareStage(module: string): Promise<PreparedStage> {
+  const runnable = TYPESCRIPT.test(module) ? await compileTypeScript(module) : module;
   let mod: { default?: unknown };
   try {
-    mod = (TYPESCRIPT.test(module) ? await importTypeScript(module) : await import(module)) as { default?: unknown };
+    mod = (await import(runnable)) as { default?: unknown };
   } catch (err) {
-    if (err instanceof StageLoadError) throw err;
     throw new StageLoadError(`cannot import ${module}: ${err instanceof Error ? err.message : String(err)}`);
   }
   try {
-    return checkStage(mod.default);
+    return { stage: checkStage(mod.default), module: runnable };
   } catch (err) {
     throw new StageLoadError(`${module} has no stage as its default export (use defineStage): ${(err as Error).message}`);
   }
+}
+
+/**
+ * Imports a stage module (see `prepareStage`) and returns its default export.
+ * @throws StageLoadError as `prepareStage` does.
+ */
+export async function importStage(module: string): Promise<StageDefinition> {
+  return (await prepareStage(module)).stage;
 }
 
 /** The built-in is_prime pipeline: stage 1 parses and answers the cheap cases, stage 2 does trial division. */
