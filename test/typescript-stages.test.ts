@@ -12,7 +12,7 @@ describe('stages written in TypeScript', () => {
       await using bf = await start({ transport, workers: 1, pipeline: { stages: [{ module: fixture('hello-stage.ts') }] } });
       const res = await request(bf.port, '/?name=ts');
       expect(res.status).toBe(200);
-      expect(JSON.parse(res.body)).toEqual({ hello: 'ts', from: 'typescript' });
+      expect(JSON.parse(res.body)).toEqual({ hello: 'ts', from: 'typescript', module: fixture('hello-stage.ts') });
     });
   }
 

@@ -2,14 +2,16 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { extname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { StageLoadError } from '../errors.js';
 
 /**
  * TypeScript stages, compiled once by the process that starts the workers: esbuild bundles
  * the stage module with its local imports into one JavaScript file, its types stripped,
- * not checked (that is the author's editor's business); packages stay imports, rewritten
+ * not checked (that is the author's editor's business), each file keeping its own
+ * `import.meta.url`; packages stay imports, rewritten
  * to the absolute URLs they resolve to from the stage's folder, so the file runs from
  * anywhere and shares the workers' own copy of butterfly. Workers import that file as
  * plain JavaScript: no loader, no compiler, no start-up cost of their own. esbuild is an
@@ -75,14 +77,27 @@ export async function compileTypeScript(module: string): Promise<string> {
   return pathToFileURL(file).href;
 }
 
-/** An esbuild plugin that leaves packages as imports of the absolute URLs they resolve to. */
+/** esbuild's loader for each source extension. */
+const LOADERS: Readonly<Record<string, string>> = { '.ts': 'ts', '.mts': 'ts', '.cts': 'ts', '.tsx': 'tsx', '.jsx': 'jsx' };
+
+/**
+ * An esbuild plugin that leaves packages as imports of the absolute URLs they resolve to,
+ * and gives each bundled file its own `import.meta.url`.
+ */
 function packagesByUrl(): Record<string, unknown> {
   return {
     name: 'butterfly-packages-by-url',
     setup(build: {
+      onLoad(filter: { filter: RegExp }, callback: (args: { path: string }) => Promise<unknown>): void;
       onResolve(filter: { filter: RegExp }, callback: (args: { path: string; kind: string; resolveDir: string; pluginData?: unknown }) => Promise<unknown>): void;
       resolve(path: string, options: { kind: string; resolveDir: string; pluginData: unknown }): Promise<{ path: string; errors: unknown[] }>;
     }): void {
+      // Each bundled file keeps its own location in `import.meta.url`, for files it reads beside itself.
+      build.onLoad({ filter: /\.[mc]?[jt]sx?$/ }, async (args) => {
+        const source = await readFile(args.path, 'utf8');
+        const contents = source.includes('import.meta.url') ? source.replaceAll('import.meta.url', JSON.stringify(pathToFileURL(args.path).href)) : source;
+        return { contents, loader: LOADERS[extname(args.path)] ?? 'js' };
+      });
       build.onResolve({ filter: /^[^./]/ }, async (args) => {
         if (args.pluginData === 'resolving' || args.path.startsWith('node:') || BUILTIN.has(args.path)) return undefined;
         const resolved = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, pluginData: 'resolving' });
