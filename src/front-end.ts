@@ -60,8 +60,10 @@ export async function startFrontEnd(o: FrontEndOptions): Promise<FrontEnd> {
   const { client, logger } = o;
   const withMetrics = o.metrics || o.adminPort !== undefined;
   const observer = o.http && (withMetrics || o.accessLog !== undefined) ? new HttpMetrics({ routes: o.metricsRoutes, healthPath: o.healthPath, accessLog: o.accessLog }) : undefined;
-  const registry = withMetrics ? createRegistry({ stages: o.stageSamples, client, ...(observer === undefined ? {} : { http: observer }) }) : undefined;
   const server = o.http ? new ButterflyServer({ ...o.server, healthPath: o.healthPath, client, observer, logger }) : undefined;
+  const registry = withMetrics
+    ? createRegistry({ stages: o.stageSamples, client, ...(observer === undefined ? {} : { http: observer }), ...(server === undefined ? {} : { server }) })
+    : undefined;
   const ready = (): Readiness => {
     const stages = o.stageReadiness();
     const serving = client.state === 'running' && (server === undefined || server.state === 'running');

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { fixture, request, start } from './helpers.js';
+import { parseMetrics, sample } from './split-helpers.js';
 
 /**
  * Answers are checked where they enter the front end, and a stage's outcome that cannot be
@@ -12,6 +13,7 @@ describe('answers HTTP cannot carry', () => {
         transport,
         workers: 1,
         maxMessageBytes: 1024 * 1024,
+        metrics: true,
         server: { maxBodyBytes: 1024 },
         pipeline: { stages: [{ module: fixture('bad-answers.js') }] },
       });
@@ -39,6 +41,7 @@ describe('answers HTTP cannot carry', () => {
         expect(JSON.parse(a.body)).toEqual({ n });
       }
       expect(bf.server!.counters.badAnswers).toBe(2);
+      expect(sample(parseMetrics(await bf.registry!.metrics()), 'butterfly_http_bad_answers_total')).toBe(2);
       // The worker survived them all: no restart, and it still serves.
       expect(bf.pools[0]!.restarts).toBe(0);
       expect((await request(bf.port, '/?n=7')).status).toBe(200);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as zmq from 'zeromq';
 import type { Butterfly, ButterflyOptions } from '../dist/index.js';
+import { parseMetrics, sample } from './split-helpers.js';
 import { RequestData } from '../dist/index.js';
 import { Kind, RecordWriter, writeResponse } from '../dist/wire/index.js';
 import { type Answer, daemon, fixture, request, start } from './helpers.js';
@@ -176,7 +177,7 @@ describe('request bodies in flight', () => {
 
 describe('clients that do not read', () => {
   it('cuts off a client that stops reading its answers after the write timeout, and cancels its requests', async () => {
-    await using bf = await start({ workers: 2, server: { writeTimeoutMs: 300, maxBodyBytes: 1024 * 1024 }, pipeline: { stages: [{ module: fixture('echo-stage.js') }] } });
+    await using bf = await start({ workers: 2, metrics: true, server: { writeTimeoutMs: 300, maxBodyBytes: 1024 * 1024 }, pipeline: { stages: [{ module: fixture('echo-stage.js') }] } });
     const body = 'x'.repeat(256 * 1024);
     const one = `POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
     const socket = net.connect(bf.port, '127.0.0.1');
@@ -187,6 +188,7 @@ describe('clients that do not read', () => {
     // 64 answers of 256 KiB each: far more than the sockets' buffers hold while unread.
     socket.write(one.repeat(64));
     await waitFor('the write timeout to close the connection', () => bf.server!.writeTimeouts === 1, 10_000);
+    expect(sample(parseMetrics(await bf.registry!.metrics()), 'butterfly_http_write_timeouts_total')).toBe(1);
     let received = '';
     socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
     socket.resume();

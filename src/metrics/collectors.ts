@@ -1,6 +1,6 @@
 import { type Metric, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ProxyStats } from '../proxy/index.js';
-import type { PipelineClient } from '../server/index.js';
+import type { ButterflyServer, PipelineClient } from '../server/index.js';
 import { type HistogramSnapshot, LATENCY_BOUNDS_MS } from '../histogram.js';
 import type { HttpMetrics } from './http.js';
 
@@ -33,6 +33,8 @@ export interface MetricsSources {
   client?: PipelineClient;
   /** The front end's request counts. */
   http?: HttpMetrics;
+  /** The HTTP server, for what its own bounds turned away. */
+  server?: Pick<ButterflyServer, 'counters' | 'writeTimeouts'>;
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -148,6 +150,12 @@ export function createRegistry(sources: MetricsSources, options: RegistryOptions
     add('butterfly_refusals_total', 'Requests answered 503 or 504 by the pipeline, by error code.', 'counter', () =>
       [...http.refusals()].map(([code, n]) => ({ labels: { code }, value: n })),
     );
+  }
+
+  const server = sources.server;
+  if (server !== undefined) {
+    add('butterfly_http_bad_answers_total', 'Answers from the pipeline that HTTP cannot carry, sent as 502 BF_ERR_BAD_ANSWER instead.', 'counter', () => [{ labels: {}, value: server.counters.badAnswers }]);
+    add('butterfly_http_write_timeouts_total', 'Connections closed because their client did not read its answers within the write timeout.', 'counter', () => [{ labels: {}, value: server.writeTimeouts }]);
   }
 
   const client = sources.client;
