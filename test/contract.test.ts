@@ -122,7 +122,7 @@ describe('stuck worker threads', () => {
 
 describe('fairness', () => {
   it('keeps one connection pipelining 3,000 requests to its own share: all of them served, and another connection served meanwhile', async () => {
-    await using bf = await start({ workers: 2 });
+    await using bf = await start({ workers: 2, metrics: true });
     const flood = 3000;
     const socket = net.connect(bf.port, '127.0.0.1');
     const statuses = new Map<string, number>();
@@ -156,6 +156,9 @@ describe('fairness', () => {
       // Without a bound per connection, the flood fills the stage's queue and most of it is refused 503.
       expect([...statuses.entries()]).toEqual([['200', flood]]);
       expect(otherAt).toBeLessThan(floodDoneAt);
+      // The bound bit, and the metrics say so: every request past the first 32 waited its turn.
+      expect(sample(parseMetrics(await bf.registry!.metrics()), 'butterfly_http_connection_waits_total')).toBeGreaterThan(0);
+      expect(bf.server!.connectionWaits).toBeGreaterThan(0);
     } finally {
       socket.destroy();
     }
@@ -164,13 +167,14 @@ describe('fairness', () => {
 
 describe('request bodies in flight', () => {
   it('refuses a body that does not fit the bound on body bytes held across the server with 503, and takes it again once room is made', async () => {
-    await using bf = await contract({ server: { maxBodyBytes: 700 * 1024, maxBodyBytesInFlight: 1024 * 1024 } });
+    await using bf = await contract({ metrics: true, server: { maxBodyBytes: 700 * 1024, maxBodyBytesInFlight: 1024 * 1024 } });
     const body = Buffer.alloc(600 * 1024, 1);
     const post = (): Promise<Answer> => request(bf.port, '/sleep?ms=400', { method: 'POST', body });
     const answers = await Promise.all([post(), post(), post()]);
     // One 600 KiB body fits the 1 MiB bound; the others are refused while it is held.
     expect(answers.map((a) => a.status).sort()).toEqual([200, 503, 503]);
     for (const a of answers.filter((x) => x.status === 503)) expect(JSON.parse(a.body).error.code).toBe('BF_ERR_OVERLOADED');
+    expect(sample(parseMetrics(await bf.registry!.metrics()), 'butterfly_http_body_refusals_total')).toBe(2);
     expect((await post()).status).toBe(200);
   });
 });

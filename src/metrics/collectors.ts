@@ -34,7 +34,7 @@ export interface MetricsSources {
   /** The front end's request counts. */
   http?: HttpMetrics;
   /** The HTTP server, for what its own bounds turned away. */
-  server?: Pick<ButterflyServer, 'counters' | 'writeTimeouts'>;
+  server?: Pick<ButterflyServer, 'counters' | 'writeTimeouts' | 'connectionWaits' | 'bodyRefusals'>;
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -156,6 +156,8 @@ export function createRegistry(sources: MetricsSources, options: RegistryOptions
   if (server !== undefined) {
     add('butterfly_http_bad_answers_total', 'Answers from the pipeline that HTTP cannot carry, sent as 502 BF_ERR_BAD_ANSWER instead.', 'counter', () => [{ labels: {}, value: server.counters.badAnswers }]);
     add('butterfly_http_write_timeouts_total', 'Connections closed because their client did not read its answers within the write timeout.', 'counter', () => [{ labels: {}, value: server.writeTimeouts }]);
+    add('butterfly_http_connection_waits_total', "Requests that waited behind their connection's others (max in flight per connection).", 'counter', () => [{ labels: {}, value: server.connectionWaits }]);
+    add('butterfly_http_body_refusals_total', 'Requests refused 503 because their body did not fit the bytes allowed in flight.', 'counter', () => [{ labels: {}, value: server.bodyRefusals }]);
   }
 
   const client = sources.client;

@@ -208,6 +208,16 @@ export class ButterflyServer {
     return this.engine?.writeTimeouts ?? 0;
   }
 
+  /** Requests that waited behind their connection's others (`maxInFlightPerConnection`), since start. */
+  get connectionWaits(): number {
+    return this.engine?.connectionWaits ?? 0;
+  }
+
+  /** Requests refused 503 because their body did not fit `maxBodyBytesInFlight`, since start. */
+  get bodyRefusals(): number {
+    return this.engine?.bodyRefusals ?? 0;
+  }
+
   /** Stops accepting connections; open ones finish their requests. Idempotent. */
   async close(): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;

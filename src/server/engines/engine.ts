@@ -87,6 +87,10 @@ export interface HttpEngine {
   listen(host: string, port: number): Promise<number>;
   /** Connections closed because their client did not read its answers in time, since start. */
   readonly writeTimeouts: number;
+  /** Requests that waited their turn behind their connection's others (`maxInFlightPerConnection`), since start. */
+  readonly connectionWaits: number;
+  /** Requests refused 503 because their body did not fit `maxBodyBytesInFlight`, since start. */
+  readonly bodyRefusals: number;
   /** Stops accepting connections; connections already open finish their requests. */
   close(): Promise<void>;
   /** Stops accepting connections and closes every open one at once. */

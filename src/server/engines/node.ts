@@ -37,6 +37,8 @@ export class NodeEngine implements HttpEngine {
   private readonly takeOver: (socket: Socket) => void;
   /** Connections closed because their client did not read its answers within `writeTimeoutMs`. */
   writeTimeouts = 0;
+  connectionWaits = 0;
+  bodyRefusals = 0;
   /**
    * What every reply of this engine reports to: whether the engine drains, when a reply of
    * a connection's lane is done (its slot goes to the next waiting request), and when an
@@ -268,6 +270,7 @@ export class NodeEngine implements HttpEngine {
     // before it is read (by its declared length) or as it arrives (chunked).
     const declared = Number.isSafeInteger(length) && length > 0 ? length : 0;
     if (!this.holdBody(reply, declared)) {
+      this.bodyRefusals++;
       this.refuse(res, BODIES_FULL);
       return;
     }
@@ -281,6 +284,7 @@ export class NodeEngine implements HttpEngine {
       }
       if (declared === 0 && !this.holdBody(reply, chunk.length)) {
         refused = true;
+        this.bodyRefusals++;
         this.refuse(res, BODIES_FULL);
         return;
       }
@@ -309,6 +313,7 @@ export class NodeEngine implements HttpEngine {
     }
     reply.lane = lane;
     if (lane.inFlight >= this.limits.maxInFlightPerConnection) {
+      this.connectionWaits++;
       lane.waiting.push({ request, reply });
       if (!socket.isPaused()) socket.pause();
       return;

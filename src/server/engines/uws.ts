@@ -50,6 +50,8 @@ export class UwsEngine implements HttpEngine {
   private listenSocket: us_listen_socket | undefined;
   /** uWS applies no write timeout of ours: a connection that does not read closes at its own idle timeout. */
   readonly writeTimeouts = 0;
+  readonly connectionWaits = 0;
+  readonly bodyRefusals = 0;
   /** Set once `close()` is called: every answer then closes its connection. */
   private readonly drain = { draining: false };
 
