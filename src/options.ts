@@ -53,10 +53,12 @@ export interface OptionSpec {
   readonly commands?: readonly Command[];
   /** The `--help` section the flag is listed in. */
   readonly section?: Section;
+  /** What a value must be, as messages say it, when the kind's own words do not fit. */
+  readonly expect?: string;
 }
 
 /** The sections of `--help`, in order. */
-export const SECTIONS = ['General (every command)', 'Admin port', 'HTTP front end', 'Pipeline', 'Split mode, server and proxy', 'Worker'] as const;
+export const SECTIONS = ['General (every command)', 'Admin port', 'HTTP front end', 'Pipeline', 'Split mode, server and proxy', 'Worker', 'Link security (split mode)'] as const;
 type Section = (typeof SECTIONS)[number];
 
 /** Largest signed 32-bit integer: timers and byte counts on one message stay below it. */
@@ -66,6 +68,7 @@ const DAEMONS: readonly Command[] = ['serve', 'server', 'proxy', 'worker'];
 const FRONT: readonly Command[] = ['serve', 'server'];
 const FRONT_AND_SIM: readonly Command[] = ['serve', 'simulate', 'server'];
 const PIPELINE: readonly Command[] = ['serve', 'simulate'];
+const SPLIT: readonly Command[] = ['server', 'proxy', 'worker'];
 
 /** Room a request needs in a message beyond its body: target, headers, record header. */
 export const MESSAGE_HEADROOM_BYTES = 64 * 1024;
@@ -146,8 +149,25 @@ export const OPTIONS = Object.freeze({
   next: { kind: 'endpoint', defaultText: 'none: the last stage', doc: "(proxy) the next stage's --frontend", arg: 'ADDR', commands: ['proxy'], section: 'Split mode, server and proxy' },
   name: { kind: 'string', defaultText: 'stage-I', doc: "(proxy) the stage's name in logs and metrics", arg: 'NAME', commands: ['proxy'], section: 'Split mode, server and proxy' },
   idempotent: { kind: 'boolean', default: false, doc: '(proxy) re-send once a job whose worker died, instead of 502', commands: ['proxy'], section: 'Split mode, server and proxy' },
-  stage: { kind: 'file', doc: 'the stage: a built-in name or a module whose default export is the stage', arg: 'NAME|FILE', commands: ['worker'], section: 'Worker' },
+  stage: { kind: 'file', expect: 'a module path or a built-in stage name', doc: 'the stage: a built-in name or a module whose default export is the stage', arg: 'NAME|FILE', commands: ['worker'], section: 'Worker' },
   connect: { kind: 'endpoint', doc: "the stage proxy's --backend", arg: 'ADDR', commands: ['worker'], section: 'Worker' },
+
+  curveKey: {
+    kind: 'file', defaultText: 'none: plaintext links', arg: 'FILE', commands: SPLIT, section: 'Link security (split mode)',
+    doc: "this daemon's secret key file (butterflyd keygen): every ZeroMQ link it binds or connects is CURVE-encrypted and authenticated",
+  },
+  curveServerKey: {
+    kind: 'file', defaultText: 'the public half of --curve-key', arg: 'FILE', commands: SPLIT, section: 'Link security (split mode)',
+    doc: 'public key file of the daemons this one connects to (the proxies and the server share that key pair)',
+  },
+  curveAllow: {
+    kind: 'file', arg: 'FILE|DIR', commands: ['server', 'proxy'], section: 'Link security (split mode)',
+    doc: '(server, proxy) public key file, or a directory of them, of the peers let in on the sockets it binds; needed with --curve-key',
+  },
+  insecure: {
+    kind: 'boolean', default: false, commands: ['server', 'proxy'], section: 'Link security (split mode)',
+    doc: '(server, proxy) bind tcp:// on an address other than loopback without --curve-key: plaintext, open to anyone who can reach it',
+  },
 } as const satisfies Readonly<Record<string, OptionSpec>>);
 
 /** An option's name. */
@@ -195,6 +215,7 @@ function integerText(min: number, max: number | undefined): string {
 /** What a value of the option's kind must be, as the message says it. */
 export function expectation(name: OptionName): string {
   const spec = specOf(name);
+  if (spec.expect !== undefined) return spec.expect;
   switch (spec.kind) {
     case 'integer':
       return integerText(spec.min!, spec.max);
@@ -211,7 +232,7 @@ export function expectation(name: OptionName): string {
     case 'path':
       return 'a path starting with /';
     case 'file':
-      return 'a module path or a built-in stage name';
+      return 'a file path';
     case 'pipeline':
       return 'a pipeline file path or a pipeline object';
     default:

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -5,8 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as zmq from 'zeromq';
 import { Proxy } from '../dist/proxy/index.js';
 import { defineStage } from '../dist/index.js';
-import { silentLogger } from '../dist/logger.js';
-import { Kind, RecordWriter, decodeRecords, readError, writeHello, writeReturned, writeValue, writeWelcome, type WireRecord } from '../dist/wire/index.js';
+import { type Logger, silentLogger } from '../dist/logger.js';
+import { IDENTITY_TOKEN_BYTES, Kind, RecordWriter, decodeRecords, readError, writeHello, writeReturned, writeValue, writeWelcome, type WireRecord } from '../dist/wire/index.js';
 import { StageWorker } from '../dist/worker/index.js';
 
 /**
@@ -38,7 +39,7 @@ function track<T extends zmq.Socket>(socket: T): T {
   return socket;
 }
 
-async function startProxy(options: { maxQueue?: number } = {}): Promise<{ proxy: Proxy; jobs: zmq.Push; loopback: zmq.Pull }> {
+async function startProxy(options: { maxQueue?: number; logger?: Logger } = {}): Promise<{ proxy: Proxy; jobs: zmq.Push; loopback: zmq.Pull }> {
   const p = new Proxy({ stage: 0, name: 'flow', frontend: addr('in'), backend: addr('workers'), next: null, loopback: addr('loopback'), heartbeatMs: 60_000, ...options });
   proxy = p;
   const loopback = track(new zmq.Pull());
@@ -70,6 +71,8 @@ async function sendJobs(jobs: zmq.Push, ids: number[]): Promise<void> {
 /** A worker played by the test: a DEALER on the proxy's backend. */
 class FakeWorker {
   readonly dealer = track(new zmq.Dealer());
+  /** Its identity token, the same in each of its HELLOs and pulses unless a test says otherwise. */
+  token = randomBytes(IDENTITY_TOKEN_BYTES);
   private readonly received: WireRecord[] = [];
   private waiter: (() => void) | undefined;
 
@@ -95,7 +98,7 @@ class FakeWorker {
     return this.dealer.send(
       frame((w) => {
         w.begin(Kind.HELLO, 0, 0, 0, 0);
-        writeHello(w, { concurrency, window, held, label });
+        writeHello(w, { concurrency, window, held, token: this.token, label });
         w.end();
       }),
     );
@@ -211,6 +214,41 @@ describe('credit-based flow between a proxy and its workers', () => {
     const all = await worker.waitFor(Kind.JOB, 4);
     expect(all.slice(2).map((r) => r.id)).toEqual([3, 4]);
     await until('two running again', () => p.stats().inFlight === 2);
+  });
+
+  it("refuses a HELLO under a live worker's label from another peer without its token, and the live worker keeps its place and its jobs", async () => {
+    let refused: (() => void) | undefined;
+    const warned = new Promise<void>((resolve) => (refused = resolve));
+    const logger: Logger = { ...silentLogger, warn: (_obj, msg) => (msg.startsWith('HELLO refused: a live worker holds') ? refused?.() : undefined) };
+    const { proxy: p, jobs } = await startProxy({ logger });
+    const live = new FakeWorker();
+    await live.hello(1, 1, 0, 'pool#0.1@host:1:abcd');
+    await live.waitFor(Kind.WELCOME, 1);
+    await sendJobs(jobs, [1, 2]);
+    await live.waitFor(Kind.JOB, 2);
+    const impostor = new FakeWorker();
+    await impostor.hello(4, 4, 0, 'pool#0.1@host:1:abcd');
+    await warned;
+    expect(impostor.of(Kind.WELCOME)).toHaveLength(0);
+    expect(p.stats()).toMatchObject({ workers: 1, inFlight: 2, readySlots: 0 });
+    await live.done(1, 2);
+    await until('both jobs done at the live worker', () => p.stats().inFlight === 0 && p.stats().readySlots === 2);
+  });
+
+  it('takes a rejoin under a live label from a new socket when it carries the same token, and drops the old entry', async () => {
+    const { proxy: p, jobs } = await startProxy();
+    const before = new FakeWorker();
+    await before.hello(1, 0, 0, 'w@host');
+    await before.waitFor(Kind.WELCOME, 1);
+    // The worker rebuilt its socket (its proxy went silent): the same token on a new peer.
+    const after = new FakeWorker();
+    after.token = before.token;
+    await after.hello(1, 0, 0, 'w@host');
+    await after.waitFor(Kind.WELCOME, 1);
+    expect(p.stats().workers).toBe(1);
+    await sendJobs(jobs, [7]);
+    expect((await after.waitFor(Kind.JOB, 1))[0]!.id).toBe(7);
+    expect(before.of(Kind.JOB)).toHaveLength(0);
   });
 
   it('gives the jobs a leaving worker never started to another worker, exactly once, and then releases it', async () => {

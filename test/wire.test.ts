@@ -11,6 +11,9 @@ import {
   readHello,
   readReturned,
   writeHello,
+  writePulse,
+  readPulse,
+  IDENTITY_TOKEN_BYTES,
   writeReturned,
   RecordWriter,
   RequestData,
@@ -78,19 +81,33 @@ describe('wire records', () => {
   });
 
   it('round-trips HELLO and refuses a worker asking for more slots than a proxy gives', () => {
+    const token = Buffer.alloc(IDENTITY_TOKEN_BYTES, 7);
     const hello = (concurrency: number, window: number, held: number): Buffer => {
       const w = new RecordWriter();
       w.begin(Kind.HELLO, 0, 0, 0, 0);
-      writeHello(w, { concurrency, window, held, label: 'w#1.2' });
+      writeHello(w, { concurrency, window, held, token, label: 'w#1.2' });
       w.end();
       return decodeRecords(w.take())[0]!.payload;
     };
-    expect(readHello(hello(2, 1, 3))).toEqual({ concurrency: 2, window: 1, held: 3, label: 'w#1.2' });
+    expect(readHello(hello(2, 1, 3))).toEqual({ concurrency: 2, window: 1, held: 3, token, label: 'w#1.2' });
     expect(() => readHello(hello(0xffffffff, 1, 0))).toThrow(/concurrency must be 1 to 4096/);
     expect(() => readHello(hello(0, 1, 0))).toThrow(WireError);
     expect(() => readHello(hello(1, MAX_WORKER_SLOTS + 1, 0))).toThrow(/window/);
     expect(() => readHello(hello(1, 0, 0xffffffff))).toThrow(/held/);
     expect(() => readHello(Buffer.alloc(7))).toThrow(WireError);
+    // A HELLO cut inside the token is refused.
+    expect(() => readHello(hello(2, 1, 3).subarray(0, 12 + IDENTITY_TOKEN_BYTES - 1))).toThrow(WireError);
+  });
+
+  it("round-trips a pulse heartbeat's token and label, and refuses one shorter than a token", () => {
+    const w = new RecordWriter();
+    const token = Buffer.alloc(IDENTITY_TOKEN_BYTES, 3);
+    w.begin(Kind.HEARTBEAT, 0, 0, 0, 0);
+    writePulse(w, token, 'pool#1.0@h:9:ab');
+    w.end();
+    const payload = decodeRecords(w.take())[0]!.payload;
+    expect(readPulse(payload)).toEqual({ token, label: 'pool#1.0@h:9:ab' });
+    expect(() => readPulse(payload.subarray(0, IDENTITY_TOKEN_BYTES - 1))).toThrow(WireError);
   });
 
   it('round-trips the ids a leaving worker returns, and rejects a list cut mid-id', () => {

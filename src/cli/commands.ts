@@ -2,6 +2,8 @@
  * The daemon's commands: the whole pipeline in one process tree (`serve`), the
  * simulation, and the three split-mode daemons (`server`, `proxy`, `worker`).
  */
+import { randomBytes } from 'node:crypto';
+import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { pino } from 'pino';
@@ -14,9 +16,9 @@ import { COMMAND_NAMES, type Command, type OptionName, checkMessageRoom, default
 import { Proxy } from '../proxy/index.js';
 import { PipelineClient, SERVER_OPTION_NAMES, type ServerOptions } from '../server/index.js';
 import { type PipelineDescription, loadPipelineFile, prepareStage, resolveModule, validatePipeline } from '../stages/index.js';
-import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
+import { RequestData, type ErrorData, type LinkSecurity, type ResponseData, isLocalAddress, readAllowList, readKeyFile, writeKeyPair } from '../wire/index.js';
 import { StageWorker, WorkerPool } from '../worker/index.js';
-import { type Settings, UsageError } from './settings.js';
+import { type FileRef, type Settings, UsageError } from './settings.js';
 
 type PinoLogger = ReturnType<typeof pino>;
 
@@ -194,21 +196,78 @@ async function startAdmin(s: Settings, command: Command, sources: Parameters<typ
   return admin;
 }
 
+/** Reads a key setting's file, or fails naming its flag. */
+async function keyFileOf<T>(name: 'curveKey' | 'curveServerKey' | 'curveAllow', ref: FileRef, read: (path: string) => Promise<T>): Promise<T> {
+  const path = resolve(ref.base, ref.value);
+  try {
+    return await read(path);
+  } catch (err) {
+    throw new UsageError(`--${flagOf(name)}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The CURVE keys of a split-mode daemon, from its key files (undefined without
+ * --curve-key), after checking what it binds: tcp:// on an address other than loopback
+ * needs keys, or --insecure, which is logged.
+ */
+async function linkSecurity(s: Settings, command: 'server' | 'proxy' | 'worker', binds: readonly (readonly [OptionName, string | undefined])[], logger: Logger): Promise<LinkSecurity | undefined> {
+  const name = COMMAND_NAMES[command].replace(/^butterflyd /, '');
+  if (s.curveKey === undefined) {
+    for (const option of ['curveServerKey', 'curveAllow'] as const) {
+      if (s[option] !== undefined) throw new UsageError(`${name}: --${flagOf(option)} needs --curve-key FILE`);
+    }
+    for (const [option, address] of binds) {
+      if (address === undefined || isLocalAddress(address)) continue;
+      if (s.insecure !== true) {
+        throw new UsageError(
+          `${name}: --${flagOf(option)} ${address} binds tcp:// on an address other than loopback without keys; give --curve-key FILE and --curve-allow FILE|DIR (butterflyd keygen makes keys), or --insecure to accept plaintext`,
+        );
+      }
+      logger.warn({ option: `--${flagOf(option)}`, address }, 'insecure: plaintext link on a network address; anyone who can reach it can take or answer requests');
+    }
+    return undefined;
+  }
+  const own = await keyFileOf('curveKey', s.curveKey, readKeyFile);
+  if (own.secretKey === undefined) throw new UsageError(`--curve-key: ${s.curveKey.value} holds no secret key; give the NAME.key_secret file butterflyd keygen wrote`);
+  const mode = (await stat(resolve(s.curveKey.base, s.curveKey.value))).mode;
+  if ((mode & 0o077) !== 0) logger.warn({ file: s.curveKey.value, mode: (mode & 0o777).toString(8) }, 'secret key file readable by other users; chmod 600 it');
+  const serverKey = s.curveServerKey === undefined ? own.publicKey : (await keyFileOf('curveServerKey', s.curveServerKey, readKeyFile)).publicKey;
+  let allow: string[] = [];
+  if (command !== 'worker') allow = await keyFileOf('curveAllow', required(s, 'curveAllow', command), readAllowList);
+  return { publicKey: own.publicKey, secretKey: own.secretKey, serverKey, allow };
+}
+
+/** `butterflyd keygen NAME`: writes NAME.key and NAME.key_secret. */
+export async function keygen(args: readonly string[]): Promise<void> {
+  if (args.length !== 1 || args[0] === '' || args[0]!.startsWith('-')) throw new UsageError('keygen takes one NAME: butterflyd keygen NAME writes NAME.key and NAME.key_secret');
+  try {
+    const { publicFile, secretFile, publicKey } = await writeKeyPair(args[0]!);
+    process.stdout.write(`${secretFile}: secret key (mode 0600), for this daemon's --curve-key\n${publicFile}: public key ${publicKey}, for its peers' --curve-allow (and --curve-server-key)\n`);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'EEXIST') throw new UsageError(`keygen: ${args[0]}.key_secret or ${args[0]}.key already exists; it is left as it is`);
+    throw err;
+  }
+}
+
 /** `butterflyd server`: the HTTP front end and the loopback, alone; the same front end as `butterflyd`'s. */
 export async function server(s: Settings): Promise<void> {
   const loopback = required(s, 'loopback', 'server');
   const stages = required(s, 'stages', 'server');
   const { logger } = makeLogger(s, 'server', 'server');
   const maxBytes = maxMessageBytes(s, 'server', true);
+  const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats]], logger);
   const client = new PipelineClient({
     loopback,
     stages,
+    security,
     maxMessageBytes: maxBytes,
     maxInFlight: get(s, 'maxInFlight', 'server'),
     requestTimeoutMs: get(s, 'requestTimeoutMs', 'server'),
     logger,
   });
-  const board = s.stats === undefined ? undefined : new StageBoard({ address: s.stats, stages: stages.length, maxMessageBytes: maxBytes, logger });
+  const board = s.stats === undefined ? undefined : new StageBoard({ address: s.stats, stages: stages.length, maxMessageBytes: maxBytes, security, logger });
   await client.start();
   await board?.start();
   const front = await startFrontEnd({
@@ -244,7 +303,9 @@ export async function proxy(s: Settings): Promise<void> {
   const name = s.name ?? `stage-${index}`;
   const { logger } = makeLogger(s, 'proxy', 'proxy');
   const maxBytes = maxMessageBytes(s, 'proxy', false);
+  const security = await linkSecurity(s, 'proxy', [['frontend', frontend], ['backend', backend]], logger);
   const balancer = new Proxy({
+    security,
     stage: index,
     name,
     frontend,
@@ -261,7 +322,7 @@ export async function proxy(s: Settings): Promise<void> {
     logger,
   });
   await balancer.start();
-  const reporter = s.stats === undefined ? undefined : new StageReporter({ address: s.stats, index, name, stats: () => balancer.stats(), maxMessageBytes: maxBytes, logger });
+  const reporter = s.stats === undefined ? undefined : new StageReporter({ address: s.stats, index, name, stats: () => balancer.stats(), maxMessageBytes: maxBytes, security, logger });
   reporter?.start();
   const sample = (): StageSample => ({ index, name, up: balancer.state === 'running', stats: balancer.stats(), pool: undefined });
   const ready = (): Readiness => {
@@ -292,6 +353,7 @@ export async function worker(s: Settings): Promise<void> {
     throw new UsageError(`--stage: cannot load ${JSON.stringify(stageRef.value)} (${err instanceof Error ? err.message : String(err)})`);
   }
   const maxBytes = maxMessageBytes(s, 'worker', false);
+  const security = await linkSecurity(s, 'worker', [], logger);
   const workers = get(s, 'workers', 'worker');
   if (workers === 1) {
     const w = new StageWorker({
@@ -300,8 +362,9 @@ export async function worker(s: Settings): Promise<void> {
       concurrency: s.concurrency,
       prefetch: s.prefetch,
       maxMessageBytes: maxBytes,
-      // Unique among the stage's workers, across hosts.
-      label: `${hostname()}:${process.pid}`,
+      // Unique among the stage's workers, across hosts, containers whose pid is always 1 too.
+      label: `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`,
+      security,
       // This worker is the process's main thread: it may heartbeat from a thread of its own.
       pulse: true,
       logger,
@@ -328,6 +391,7 @@ export async function worker(s: Settings): Promise<void> {
     prefetch: s.prefetch,
     maxMessageBytes: maxBytes,
     logLevel: level,
+    security,
     logger,
   });
   const started: { admin?: AdminServer | undefined } = {};

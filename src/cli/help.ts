@@ -73,8 +73,12 @@ Usage:
   butterflyd worker --stage NAME|FILE --connect ADDR [--workers N] [options]
                                             a worker of one stage (or a pool of N) joining the proxy at ADDR;
                                             start more at any time to add capacity, SIGTERM one to remove it
+  butterflyd keygen NAME                    write a CURVE key pair: NAME.key (public, for peers' --curve-allow
+                                            and --curve-server-key) and NAME.key_secret (mode 0600, --curve-key)
 
-Addresses (ADDR) are ZeroMQ endpoints: ipc://PATH (one host) or tcp://HOST:PORT. Built-in
+Addresses (ADDR) are ZeroMQ endpoints: ipc://PATH (one host) or tcp://HOST:PORT. A server or
+proxy binding tcp:// on an address other than loopback needs --curve-key and --curve-allow
+(or --insecure). Built-in
 stages: ${Object.keys(BUILTIN_STAGES).join(', ')}. ${COMMAND_NAMES.serve} and simulate run ${availableParallelism()} workers
 per stage by default (the number of cores).
 

@@ -5,15 +5,17 @@
  *   butterflyd [options]                       the whole pipeline in one process tree
  *   butterflyd simulate COUNT [options]        check 1..COUNT through the pipeline, no HTTP
  *   butterflyd server | proxy | worker ...     split mode: one part per process
+ *   butterflyd keygen NAME                     a CURVE key pair for split mode's links
  */
 import { readFileSync } from 'node:fs';
-import { proxy, serve, server, simulate, worker } from './commands.js';
+import { keygen, proxy, serve, server, simulate, worker } from './commands.js';
 import { helpText } from './help.js';
 import { UsageError, readInvocation } from './settings.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'keygen') return keygen(argv.slice(1));
   const { command, positionals, help, version, settings } = readInvocation(argv, process.env, process.cwd());
   if (help) {
     process.stdout.write(helpText(VERSION));

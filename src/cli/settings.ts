@@ -74,6 +74,10 @@ export interface Settings {
   connect?: string;
   concurrency?: number;
   prefetch?: number;
+  curveKey?: FileRef;
+  curveServerKey?: FileRef;
+  curveAllow?: FileRef;
+  insecure?: boolean;
 }
 
 /** The options the daemon takes: those of the schema with at least one command. */
@@ -203,7 +207,7 @@ function readConfigFile(path: string, command: Command): Record<string, unknown>
     const label = `config ${path}: ${field}`;
     const kind = specOf(name).kind;
     if (kind === 'file') {
-      out[name] = { value: usage(() => fromJson('stage', value, label)) as string, base } satisfies FileRef;
+      out[name] = { value: usage(() => fromJson(name, value, label)) as string, base } satisfies FileRef;
     } else if (kind === 'pipeline') {
       if (typeof value === 'string' && value !== '') out[name] = { file: { value, base } } satisfies PipelineSource;
       else out[name] = { inline: usage(() => fromJson('pipeline', value, label)), base, label } satisfies PipelineSource;

@@ -3,6 +3,7 @@ import type { ProxyStats } from '../proxy/index.js';
 import type { ButterflyServer, PipelineClient } from '../server/index.js';
 import { type HistogramSnapshot, LATENCY_BOUNDS_MS } from '../histogram.js';
 import type { HttpMetrics } from './http.js';
+import { linkRefusals } from '../wire/index.js';
 
 /** What one scrape knows of one stage. */
 export interface StageSample {
@@ -107,6 +108,10 @@ export function createRegistry(sources: MetricsSources, options: RegistryOptions
     // A metric read at scrape time is not a prom-client class; the registry needs only what ReadAtScrape has.
     registry.registerMetric(new ReadAtScrape(name, help, type, read) as unknown as Metric);
   };
+
+  add('butterfly_link_refusals_total', "Peers kept out of this process's CURVE sockets: a key not on the allowlist, or a failed handshake (plaintext, wrong server key).", 'counter', () =>
+    Object.entries(linkRefusals).map(([reason, value]) => ({ labels: { reason }, value })),
+  );
 
   const stages = sources.stages;
   if (stages !== undefined) {

@@ -2,7 +2,7 @@ import * as zmq from 'zeromq';
 import { type Logger, silentLogger } from '../logger.js';
 import { defaultsOf, withDefaults } from '../options.js';
 import type { ProxyStats } from '../proxy/index.js';
-import { configureSocket, receiveEach } from '../wire/index.js';
+import { type LinkSecurity, configureSocket, receiveEach, secureClient, secureServer } from '../wire/index.js';
 import type { StageReadiness } from './admin.js';
 import type { StageSample } from './collectors.js';
 import { LATENCY_BOUNDS_MS } from '../histogram.js';
@@ -31,6 +31,8 @@ export interface StageReporterOptions {
   intervalMs: number;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
+  /** CURVE keys: the server is reached as a CURVE client. Default none (plaintext). */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -38,6 +40,7 @@ export interface StageReporterOptions {
 export const REPORTER_DEFAULTS = Object.freeze({
   intervalMs: 1000,
   maxMessageBytes: defaultsOf(['maxMessageBytes']).maxMessageBytes as number,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -64,6 +67,7 @@ export class StageReporter {
     configureSocket(this.socket, { maxMessageBytes: o.maxMessageBytes });
     this.socket.sendHighWaterMark = 1;
     this.socket.sendTimeout = 0;
+    secureClient(this.socket, o.security);
   }
 
   /** Connects and starts reporting; the first report goes out at once. */
@@ -117,6 +121,8 @@ export interface StageBoardOptions {
   staleAfterMs: number;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
+  /** CURVE keys: only the allowlist's keys may report. Default none (plaintext). */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -124,6 +130,7 @@ export interface StageBoardOptions {
 export const BOARD_DEFAULTS = Object.freeze({
   staleAfterMs: 3500,
   maxMessageBytes: defaultsOf(['maxMessageBytes']).maxMessageBytes as number,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -146,6 +153,8 @@ export class StageBoard {
   private readonly socket = new zmq.Pull();
   private readonly entries: (Entry | undefined)[];
   private loop: Promise<void> | undefined;
+  /** Releases the socket's hold on the ZAP handler (CURVE). */
+  private releaseKeys: () => void = () => {};
 
   /** Reports that could not be decoded (or named a stage out of range), since start. */
   get undecodable(): number {
@@ -161,6 +170,7 @@ export class StageBoard {
 
   /** Binds the report address and starts receiving. */
   async start(): Promise<void> {
+    this.releaseKeys = await secureServer(this.socket, this.options.security, this.options.logger);
     await this.socket.bind(this.options.address);
     this.currentState = 'running';
     this.loop = receiveEach(this.socket, (frames) => this.onReport(frames), this.options.logger, 'stage reports');
@@ -188,6 +198,7 @@ export class StageBoard {
     if (this.state === 'closed') return;
     this.currentState = 'closed';
     this.socket.close();
+    this.releaseKeys();
     await this.loop;
   }
 

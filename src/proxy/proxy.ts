@@ -15,14 +15,18 @@ import {
   configureSocket,
   decodeRecords,
   readHello,
+  readPulse,
   readReturned,
   receiveEach,
   receivePort,
   restamp,
+  secureClient,
+  secureServer,
   WireError,
   writeErrorRecord,
   writeWelcome,
   type RecordSink,
+  type LinkSecurity,
   type RecordWriter,
   type WireRecord,
 } from '../wire/index.js';
@@ -75,6 +79,11 @@ export interface ProxyOptions {
    * mode); `frame` is the message the records came in when nothing else holds it.
    */
   localNext: ((records: WireRecord[], frame: Buffer | undefined) => void) | undefined;
+  /**
+   * CURVE keys: the frontend and backend let in only the allowlist's keys, and the
+   * loopback is reached as a CURVE client. Undefined (the default): plaintext links.
+   */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -87,6 +96,7 @@ export const PROXY_DEFAULTS = Object.freeze({
   onStuck: undefined,
   localLoopback: undefined,
   localNext: undefined,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -122,6 +132,8 @@ interface WorkerEntry {
   readonly key: string;
   readonly link: WorkerLink;
   readonly label: string;
+  /** Its identity token (`HelloData.token`): a rejoin or a pulse under its label must carry it. */
+  readonly token: Buffer;
   /** Jobs it runs at once. */
   readonly concurrency: number;
   /** Jobs it holds prefetched beyond those it runs. */
@@ -200,9 +212,13 @@ export class Proxy {
   private prefetched = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private loops: Promise<void>[] = [];
+  /** Releases the bound sockets' holds on the ZAP handler (CURVE). */
+  private readonly releaseKeys: (() => void)[] = [];
   private accepted = 0;
   private refused = 0;
   private undecodable = 0;
+  /** HELLOs refused because a live worker held the identity they claimed. */
+  private identityRefusals = 0;
   private readonly stageTime = new LatencyHistogram();
   private readonly flushBound = (): void => this.flushWorkers();
   private readonly dirtyPorts = new Set<PortOutbox>();
@@ -234,6 +250,7 @@ export class Proxy {
     } else {
       this.loopbackSocket = new zmq.Push();
       configureSocket(this.loopbackSocket, link);
+      secureClient(this.loopbackSocket, o.security);
       this.toLoopback = new Outbox(this.loopbackSocket, this.logger, `stage ${o.name} loopback`);
     }
   }
@@ -241,6 +258,7 @@ export class Proxy {
   /** Binds the frontend and backend and starts balancing. Resolves once both are bound. */
   async start(): Promise<void> {
     const o = this.options;
+    this.releaseKeys.push(await secureServer(this.frontend, o.security, this.logger), await secureServer(this.backend, o.security, this.logger));
     await this.frontend.bind(o.frontend);
     await this.backend.bind(o.backend);
     this.loopbackSocket?.connect(o.loopback);
@@ -356,6 +374,7 @@ export class Proxy {
     this.frontend.close();
     this.backend.close();
     this.loopbackSocket?.close();
+    for (const release of this.releaseKeys.splice(0)) release();
     for (const port of this.ports.values()) port.close();
     this.ports.clear();
     await Promise.all(this.loops);
@@ -556,9 +575,16 @@ export class Proxy {
         continue;
       }
       if (worker === undefined && r.kind === Kind.HEARTBEAT && r.payload.length > 0) {
-        // A worker's pulse thread, on a socket of its own, names its worker.
-        const pulsing = this.byLabel.get(r.payload.toString('utf8'));
-        if (pulsing !== undefined && pulsing.alive) this.heard(pulsing);
+        // A worker's pulse thread, on a socket of its own, names its worker and proves it is its own.
+        let pulse;
+        try {
+          pulse = readPulse(r.payload);
+        } catch {
+          this.undecodable++;
+          continue;
+        }
+        const pulsing = this.byLabel.get(pulse.label);
+        if (pulsing !== undefined && pulsing.alive && pulsing.token.equals(pulse.token)) this.heard(pulsing);
         continue;
       }
       if (worker === undefined || !worker.alive) {
@@ -606,8 +632,16 @@ export class Proxy {
       this.logger.warn({ err, stage: this.options.name }, 'HELLO refused');
       return this.workers.get(key);
     }
-    const { concurrency, window, held, label } = hello;
-    const previous = this.workers.get(key) ?? (label === '' ? undefined : this.byLabel.get(label));
+    const { concurrency, window, held, label, token } = hello;
+    const same = this.workers.get(key);
+    const holder = label === '' ? undefined : this.byLabel.get(label);
+    if (holder !== undefined && holder !== same && holder.alive && !holder.token.equals(token)) {
+      // Another peer under a live worker's name: refused; the live worker stays as it is.
+      this.identityRefusals++;
+      if (this.identityRefusals <= 100) this.logger.warn({ stage: this.options.name, worker: label }, 'HELLO refused: a live worker holds this identity');
+      return same;
+    }
+    const previous = same ?? holder;
     if (previous !== undefined) this.expire(previous, 'rejoined');
     const pulse = (r.flags & Flag.PULSE) !== 0 && label !== '';
     const slots = concurrency + window;
@@ -616,6 +650,7 @@ export class Proxy {
       key,
       link,
       label,
+      token: Buffer.from(token),
       concurrency,
       window,
       credit: slots - owed,

@@ -17,8 +17,11 @@ import {
   readError,
   readResponse,
   receiveEach,
+  secureClient,
+  secureServer,
   writeValue,
   type ErrorData,
+  type LinkSecurity,
   type RecordSink,
   type ResponseData,
   type Value,
@@ -43,6 +46,11 @@ export interface PipelineClientOptions {
    * the loopback socket. Default none.
    */
   localStages: readonly ((records: WireRecord[], frame: Buffer) => void)[] | undefined;
+  /**
+   * CURVE keys: the loopback lets in only the allowlist's keys, and the stages are reached
+   * as a CURVE client. Undefined (the default): plaintext links.
+   */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -50,6 +58,7 @@ export interface PipelineClientOptions {
 export const CLIENT_DEFAULTS = Object.freeze({
   ...(defaultsOf(['maxInFlight', 'requestTimeoutMs', 'maxMessageBytes']) as Pick<PipelineClientOptions, 'maxInFlight' | 'requestTimeoutMs' | 'maxMessageBytes'>),
   localStages: undefined,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -95,6 +104,8 @@ export class PipelineClient {
   private undecodableCount = 0;
   private unmatchedCount = 0;
   private closing: Promise<void> | undefined;
+  /** Releases the loopback's hold on the ZAP handler (CURVE). */
+  private releaseKeys: () => void = () => {};
 
   constructor(options: Partial<PipelineClientOptions> & Pick<PipelineClientOptions, 'loopback' | 'stages'>) {
     const o = withDefaults<PipelineClientOptions>(CLIENT_DEFAULTS as PipelineClientOptions, options);
@@ -115,6 +126,7 @@ export class PipelineClient {
       this.stageSockets = o.stages.map(() => {
         const s = new zmq.Push();
         configureSocket(s, link);
+        secureClient(s, o.security);
         return s;
       });
       this.toStages = this.stageSockets.map((s, i) => new Outbox(s, this.logger, `stage ${i}`));
@@ -123,6 +135,7 @@ export class PipelineClient {
 
   /** Binds the loopback and connects to the stages. */
   async start(): Promise<void> {
+    this.releaseKeys = await secureServer(this.loopback, this.options.security, this.logger);
     await this.loopback.bind(this.options.loopback);
     this.stageSockets.forEach((s, i) => s.connect(this.options.stages[i]!));
     this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'loopback');
@@ -245,6 +258,7 @@ export class PipelineClient {
     for (const p of pending) this.deliver(p, null, err ?? CLOSED_ERROR);
     this.checkDrained();
     this.loopback.close();
+    this.releaseKeys();
     for (const s of this.stageSockets) s.close();
     await this.loop;
   }

@@ -28,7 +28,7 @@ import { WireError } from '../errors.js';
 export { WireError };
 
 /** The version byte every record starts with; a record of another version is rejected. */
-export const WIRE_VERSION = 3;
+export const WIRE_VERSION = 4;
 
 /** Bytes in a record header. */
 export const HEADER_BYTES = 24;

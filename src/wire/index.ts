@@ -32,6 +32,9 @@ export {
   readError,
   writeHello,
   readHello,
+  writePulse,
+  readPulse,
+  IDENTITY_TOKEN_BYTES,
   writeWelcome,
   readWelcome,
   writeReturned,
@@ -58,3 +61,17 @@ export {
   type LinkLogger,
   type LinkOptions,
 } from './link.js';
+export {
+  secureClient,
+  secureServer,
+  readKeyFile,
+  readAllowList,
+  writeKeyPair,
+  isKeyText,
+  isLocalAddress,
+  linkRefusals,
+  z85Encode,
+  type LinkSecurity,
+  type KeyFile,
+  type RefusalReason,
+} from './security.js';

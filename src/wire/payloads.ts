@@ -224,16 +224,43 @@ export interface HelloData {
    * the proxy back credit it has not given out, so the worker returns to its full capacity.
    */
   readonly held: number;
+  /**
+   * The worker's secret, `IDENTITY_TOKEN_BYTES` random bytes drawn when it starts and sent
+   * only to its proxy: a HELLO or a pulse heartbeat under a live worker's label counts as
+   * that worker only with its token, so no other peer can take over or keep alive its identity.
+   */
+  readonly token: Buffer;
   /** A name unique among the stage's workers, given by its supervisor (may be empty). */
   readonly label: string;
 }
 
-/** Appends a worker's HELLO payload: u32 concurrency, u32 window, u32 held, then its label as UTF-8. */
+/** Length of a worker's identity token, in bytes. */
+export const IDENTITY_TOKEN_BYTES = 16;
+
+/** Appends a worker's HELLO payload: u32 concurrency, u32 window, u32 held, its token, then its label as UTF-8. */
 export function writeHello(w: RecordWriter, hello: HelloData): void {
+  if (hello.token.length !== IDENTITY_TOKEN_BYTES) throw new WireError(`identity token must be ${IDENTITY_TOKEN_BYTES} bytes, got ${hello.token.length}`);
   w.u32(hello.concurrency);
   w.u32(hello.window);
   w.u32(hello.held);
+  w.bytes(hello.token);
   w.utf8(hello.label);
+}
+
+/** Appends a pulse heartbeat's payload: the worker's token, then its label as UTF-8. */
+export function writePulse(w: RecordWriter, token: Uint8Array, label: string): void {
+  w.bytes(token);
+  w.utf8(label);
+}
+
+/**
+ * Decodes a pulse heartbeat's payload.
+ * @throws WireError when it is shorter than a token.
+ */
+export function readPulse(payload: Buffer): { token: Buffer; label: string } {
+  const r = new PayloadReader(payload);
+  const token = r.bytes(IDENTITY_TOKEN_BYTES);
+  return { token, label: r.utf8(r.remaining) };
 }
 
 /**
@@ -249,7 +276,8 @@ export function readHello(payload: Buffer): HelloData {
   if (concurrency < 1 || concurrency > MAX_WORKER_SLOTS) throw new WireError(`worker concurrency must be 1 to ${MAX_WORKER_SLOTS}, got ${concurrency}`);
   if (window > MAX_WORKER_SLOTS) throw new WireError(`worker window must be 0 to ${MAX_WORKER_SLOTS}, got ${window}`);
   if (held > MAX_WORKER_SLOTS * 2) throw new WireError(`worker held count must be at most ${MAX_WORKER_SLOTS * 2}, got ${held}`);
-  return { concurrency, window, held, label: r.utf8(r.remaining) };
+  const token = r.bytes(IDENTITY_TOKEN_BYTES);
+  return { concurrency, window, held, token, label: r.utf8(r.remaining) };
 }
 
 /** Appends a BYE payload: the ids of the jobs returned unstarted. */

@@ -10,6 +10,8 @@ import {
   decodeRecords,
   receiveEach,
   receivePort,
+  secureClient,
+  type LinkSecurity,
   type RecordSink,
   type WelcomeConfig,
   type WireRecord,
@@ -29,8 +31,12 @@ export interface ConnectionOptions {
   watch: SharedArrayBuffer;
   /** The worker's label, which its pulse heartbeats name. */
   label: string;
+  /** The worker's identity token, which its pulse heartbeats carry. */
+  token: Uint8Array;
   /** The stage's name, for logs. */
   name: string;
+  /** CURVE keys for every socket of the connection, the pulse's too; undefined for plaintext. */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -115,7 +121,7 @@ export class ProxyConnection {
     } else {
       this.connectSockets(config);
       if (o.pulse && o.label !== '' && this.pulse === undefined) {
-        this.pulse = startPulse({ connect: o.connect, label: o.label, stage: config.stage, heartbeatMs: config.heartbeatMs, watch: o.watch });
+        this.pulse = startPulse({ connect: o.connect, security: o.security, label: o.label, token: o.token, stage: config.stage, heartbeatMs: config.heartbeatMs, watch: o.watch });
       }
     }
     this.joined = config;
@@ -160,6 +166,7 @@ export class ProxyConnection {
   private newDealer(): zmq.Dealer {
     const dealer = new zmq.Dealer();
     configureSocket(dealer, { maxMessageBytes: this.options.maxMessageBytes }, true);
+    secureClient(dealer, this.options.security);
     dealer.connect(this.options.connect);
     this.loops.push(receiveEach(dealer, (f) => this.onFrame(f[0]), this.options.logger, 'proxy'));
     return dealer;
@@ -186,6 +193,7 @@ export class ProxyConnection {
       this.loopbackSocket?.close();
       this.loopbackSocket = new zmq.Push();
       configureSocket(this.loopbackSocket, link);
+      secureClient(this.loopbackSocket, this.options.security);
       this.loopbackSocket.connect(config.loopback);
       this.loopbackOutbox = new Outbox(this.loopbackSocket, logger, 'loopback');
     }
@@ -196,6 +204,7 @@ export class ProxyConnection {
       if (config.next !== null) {
         this.nextSocket = new zmq.Push();
         configureSocket(this.nextSocket, link);
+        secureClient(this.nextSocket, this.options.security);
         this.nextSocket.connect(config.next);
         this.nextOutbox = new Outbox(this.nextSocket, logger, 'next stage');
       }

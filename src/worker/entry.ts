@@ -6,7 +6,7 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { pino } from 'pino';
 import { importStage } from '../stages/index.js';
 import type { MessagePort } from 'node:worker_threads';
-import type { ThreadLaunch, WorkerCommand, WorkerLaunch, WorkerReport } from './launch.js';
+import type { ProcessLaunch, ThreadLaunch, WorkerCommand, WorkerLaunch, WorkerReport } from './launch.js';
 import { StageWorker } from './worker.js';
 
 async function run(
@@ -30,6 +30,7 @@ async function run(
       // A worker process heartbeats from a thread of its own; a worker thread cannot own one safely.
       pulse: isMainThread,
       maxMessageBytes: launch.maxMessageBytes,
+      security: launch.security,
       logger,
     });
     onCommand((command) => {
@@ -54,16 +55,17 @@ if (!isMainThread && parentPort !== null) {
     (fn) => parent.on('message', fn),
   );
 } else if (process.send !== undefined) {
-  const launch = JSON.parse(process.argv[2] ?? '{}') as WorkerLaunch;
   // Without its pool, a worker process has no one to answer to.
   process.on('disconnect', () => process.exit(0));
-  void run(
-    launch,
-    undefined,
-    (r) => process.send?.(r),
-    (fn) => {
-      process.on('message', (m) => fn(m as WorkerCommand));
-      process.on('SIGTERM', () => fn({ type: 'close' }));
-    },
-  );
+  process.once('message', (first: ProcessLaunch) => {
+    void run(
+      first.launch,
+      undefined,
+      (r) => process.send?.(r),
+      (fn) => {
+        process.on('message', (m) => fn(m as WorkerCommand));
+        process.on('SIGTERM', () => fn({ type: 'close' }));
+      },
+    );
+  });
 }

@@ -1,4 +1,5 @@
 import type { MessagePort } from 'node:worker_threads';
+import type { LinkSecurity } from '../wire/index.js';
 
 /** What a pool hands a worker it starts (thread or process): plain data, cloneable. */
 export interface WorkerLaunch {
@@ -17,6 +18,8 @@ export interface WorkerLaunch {
   readonly maxMessageBytes: number;
   /** pino level for the worker's own log lines. */
   readonly logLevel: string;
+  /** CURVE keys for the worker's sockets; undefined for plaintext. Never on a command line: a process gets its launch over IPC. */
+  readonly security: LinkSecurity | undefined;
 }
 
 /** What a worker thread is started with: its launch, and a port to its proxy when the proxy is in this process. */
@@ -30,6 +33,12 @@ export type WorkerReport = { readonly type: 'ready' } | { readonly type: 'failed
 
 /** Messages a pool sends its worker. */
 export type WorkerCommand = { readonly type: 'close' } | { readonly type: 'destroy' };
+
+/** A worker process's first message from its pool: what to run. */
+export interface ProcessLaunch {
+  readonly type: 'launch';
+  readonly launch: WorkerLaunch;
+}
 
 /** The compiled entry module both transports start. */
 export const WORKER_ENTRY = new URL('./entry.js', import.meta.url);

@@ -5,6 +5,7 @@ import { type Logger, silentLogger } from '../logger.js';
 import { check, defaultsOf, withDefaults } from '../options.js';
 import { WorkerStartError } from '../errors.js';
 import type { WorkerTransport } from '../stages/index.js';
+import type { LinkSecurity } from '../wire/index.js';
 import type { WorkerHandle } from './handle.js';
 import type { WorkerLaunch } from './launch.js';
 import { startProcessWorker } from './process.js';
@@ -44,6 +45,8 @@ export interface WorkerPoolOptions {
   onWorkerExit: ((label: string) => void) | undefined;
   /** pino level for the workers' own log lines. Default `info`. */
   logLevel: string;
+  /** CURVE keys for the workers' sockets; undefined (the default) for plaintext. */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -57,6 +60,7 @@ export const POOL_DEFAULTS = Object.freeze({
   timeoutMs: undefined,
   onWorkerExit: undefined,
   logLevel: defaultsOf(['workerLogLevel']).workerLogLevel as string,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -192,6 +196,7 @@ export class WorkerPool {
       label,
       maxMessageBytes: o.maxMessageBytes,
       logLevel: o.logLevel,
+      security: o.security,
     };
   }
 

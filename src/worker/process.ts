@@ -1,11 +1,13 @@
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { WORKER_ENTRY, type WorkerCommand, type WorkerLaunch, type WorkerReport } from './launch.js';
+import { WORKER_ENTRY, type ProcessLaunch, type WorkerCommand, type WorkerLaunch, type WorkerReport } from './launch.js';
 import type { WorkerHandle } from './handle.js';
 
 /** Starts a stage worker as a child process. */
 export function startProcessWorker(launch: WorkerLaunch): WorkerHandle {
-  const child = fork(fileURLToPath(WORKER_ENTRY), [JSON.stringify(launch)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // The launch goes over IPC, not the command line: it may hold a secret key.
+  const child = fork(fileURLToPath(WORKER_ENTRY), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  child.send({ type: 'launch', launch } satisfies ProcessLaunch);
   return {
     id: `pid-${child.pid ?? 'unknown'}`,
     pid: child.pid,

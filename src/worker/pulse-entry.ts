@@ -8,7 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as zmq from 'zeromq';
-import { Kind, RecordWriter, configureSocket } from '../wire/index.js';
+import { Kind, RecordWriter, configureSocket, secureClient, writePulse } from '../wire/index.js';
 import type { PulseLaunch } from './pulse.js';
 
 /** How often the watchdog looks, in ms. */
@@ -18,11 +18,12 @@ const launch = workerData as PulseLaunch;
 const dealer = new zmq.Dealer();
 configureSocket(dealer, { maxMessageBytes: 64 * 1024 });
 dealer.sendTimeout = 0;
+secureClient(dealer, launch.security);
 dealer.connect(launch.connect);
 const writer = new RecordWriter(256);
 const beat = (): void => {
   writer.begin(Kind.HEARTBEAT, 0, launch.stage, 0, 0);
-  writer.utf8(launch.label);
+  writePulse(writer, launch.token, launch.label);
   writer.end();
   // A full queue (proxy gone) drops the beat: silence is the message then.
   dealer.send(writer.take()).catch(() => {});

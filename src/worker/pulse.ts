@@ -1,9 +1,14 @@
 import { Worker } from 'node:worker_threads';
+import type { LinkSecurity } from '../wire/index.js';
 
 /** What the pulse thread needs. */
 export interface PulseLaunch {
   readonly connect: string;
+  /** The worker's CURVE keys, for the pulse's own socket; undefined for plaintext. */
+  readonly security: LinkSecurity | undefined;
   readonly label: string;
+  /** The worker's identity token: a heartbeat without it keeps no worker alive. */
+  readonly token: Uint8Array;
   readonly stage: number;
   readonly heartbeatMs: number;
   /**

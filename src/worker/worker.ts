@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { MessagePort } from 'node:worker_threads';
 import { ButterflyError, ERROR_STATUS, cancelledError, toErrorRecord } from '../errors.js';
 import { Fifo } from '../fifo.js';
@@ -6,6 +7,7 @@ import { check, checkOptional, defaultsOf, withDefaults } from '../options.js';
 import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, makeReply } from '../stages/index.js';
 import {
   Flag,
+  IDENTITY_TOKEN_BYTES,
   Kind,
   LARGE_RECORD_BYTES,
   RequestData,
@@ -17,6 +19,7 @@ import {
   writeResponse,
   writeValue,
   type KindValue,
+  type LinkSecurity,
   type RecordSink,
   RecordWriter,
   type Value,
@@ -57,6 +60,8 @@ export interface StageWorkerOptions {
    * main thread: a worker thread must not own threads holding sockets.
    */
   pulse: boolean;
+  /** CURVE keys: the proxy, the next stage and the loopback are reached as a CURVE client. Default none (plaintext). */
+  security: LinkSecurity | undefined;
   logger: Logger;
 }
 
@@ -70,6 +75,7 @@ export const WORKER_DEFAULTS = Object.freeze({
   graceMs: defaultsOf(['graceMs']).graceMs as number,
   label: '',
   pulse: false,
+  security: undefined,
   logger: silentLogger,
 });
 
@@ -115,6 +121,8 @@ export class StageWorker {
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly logger: Logger;
   private readonly link: ProxyConnection;
+  /** This worker's secret for its proxy (see `HelloData.token`): the same in every HELLO it sends, and in its pulse's heartbeats. */
+  private readonly token = randomBytes(IDENTITY_TOKEN_BYTES);
   /** The watchdog slot the pulse reads: past this time a job still held means a blocked event loop (0: none). */
   private readonly watch = new Float64Array(new SharedArrayBuffer(8));
   private readonly running = new Map<number, Job>();
@@ -139,7 +147,7 @@ export class StageWorker {
     this.stage = o.stage;
     this.logger = o.logger;
     this.link = new ProxyConnection(
-      { connect: o.connect, port: o.port, maxMessageBytes: o.maxMessageBytes, pulse: o.pulse, watch: this.watch.buffer as SharedArrayBuffer, label: o.label, name: o.stage.name, logger: o.logger },
+      { connect: o.connect, port: o.port, maxMessageBytes: o.maxMessageBytes, pulse: o.pulse, watch: this.watch.buffer as SharedArrayBuffer, label: o.label, token: this.token, name: o.stage.name, security: o.security, logger: o.logger },
       {
         records: (records, moved) => this.onProxy(records, moved),
         active: () => this.currentState === 'running',
@@ -223,7 +231,7 @@ export class StageWorker {
   private join(): void {
     const w = this.link.toProxy.writer;
     w.begin(Kind.HELLO, this.options.pulse && this.options.label !== '' ? Flag.PULSE : 0, this.stageIndex, 0, 0);
-    writeHello(w, { concurrency: this.concurrency, window: this.prefetch, held: this.running.size, label: this.options.label });
+    writeHello(w, { concurrency: this.concurrency, window: this.prefetch, held: this.running.size, token: this.token, label: this.options.label });
     w.end();
     this.link.toProxy.schedule();
   }
