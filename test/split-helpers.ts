@@ -27,8 +27,10 @@ export interface Proc {
 export class Procs {
   private readonly all: Proc[] = [];
 
-  start(name: string, args: string[], env: NodeJS.ProcessEnv = process.env): Proc {
-    const child = spawn(process.execPath, [BUTTERFLYD, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  /** Starts `butterflyd args`; with `prefix`, as `prefix... node butterflyd args` (`ip netns exec NS`, which execs it: the child is the daemon). */
+  start(name: string, args: string[], env: NodeJS.ProcessEnv = process.env, prefix: readonly string[] = []): Proc {
+    const [program, ...before] = [...prefix, process.execPath];
+    const child = spawn(program!, [...before, BUTTERFLYD, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let pending = '';
     const parsed: LogLine[] = [];

@@ -231,7 +231,8 @@ async function linkSecurity(s: Settings, command: 'server' | 'proxy' | 'worker',
   const own = await keyFileOf('curveKey', s.curveKey, readKeyFile);
   if (own.secretKey === undefined) throw new UsageError(`--curve-key: ${s.curveKey.value} holds no secret key; give the NAME.key_secret file butterflyd keygen wrote`);
   const mode = (await stat(resolve(s.curveKey.base, s.curveKey.value))).mode;
-  if ((mode & 0o077) !== 0) logger.warn({ file: s.curveKey.value, mode: (mode & 0o777).toString(8) }, 'secret key file readable by other users; chmod 600 it');
+  // Group-readable is how Kubernetes mounts a Secret for a non-root user (fsGroup); readable by all is a leak.
+  if ((mode & 0o007) !== 0) logger.warn({ file: s.curveKey.value, mode: (mode & 0o777).toString(8) }, 'secret key file readable by every user; chmod 600 it');
   const serverKey = s.curveServerKey === undefined ? own.publicKey : (await keyFileOf('curveServerKey', s.curveServerKey, readKeyFile)).publicKey;
   let allow: string[] = [];
   if (command !== 'worker') allow = await keyFileOf('curveAllow', required(s, 'curveAllow', command), readAllowList);
