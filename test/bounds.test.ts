@@ -1,10 +1,10 @@
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Answer, type Daemon, daemon, fixture, request, start } from './helpers.js';
+import { type Answer, type Daemon, cmdline, daemon, descendants, fixture, request, start } from './helpers.js';
 import { Procs, portOf } from './split-helpers.js';
 
 /**
@@ -36,41 +36,6 @@ function signal(pid: number, sig: NodeJS.Signals): void {
     process.kill(pid, sig);
   } catch {
     // already gone
-  }
-}
-
-/** Every live process below `root`, found through the ppid field of /proc/<pid>/stat. */
-function descendants(root: number): number[] {
-  const parent = new Map<number, number>();
-  for (const entry of readdirSync('/proc')) {
-    const pid = Number(entry);
-    if (!Number.isInteger(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-      parent.set(pid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // exited while listed
-    }
-  }
-  const out: number[] = [];
-  const pending = [root];
-  while (pending.length > 0) {
-    const p = pending.pop()!;
-    for (const [pid, ppid] of parent) {
-      if (ppid === p) {
-        out.push(pid);
-        pending.push(pid);
-      }
-    }
-  }
-  return out;
-}
-
-function cmdline(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-  } catch {
-    return '';
   }
 }
 

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { isPrime } from '../dist/stages/builtin.js';
 import { PipelineClient } from '../dist/server/index.js';
 import { Kind, RecordWriter, linkRefusals, readKeyFile, secureClient, type LinkSecurity } from '../dist/wire/index.js';
-import { BUTTERFLYD, request, run, tempDirs } from './helpers.js';
+import { BUTTERFLYD, cmdline, descendants, request, run, tempDirs } from './helpers.js';
 import { type Proc, Procs, get, parseMetrics, pollUntil, portOf, sample } from './split-helpers.js';
 
 const procs = new Procs();
@@ -138,6 +138,14 @@ describe('split mode over tcp:// with CURVE keys', () => {
     const check = procs.start('check worker', ['worker', '--stage', 'is_prime.check', '--connect', split.addr(4), ...workerKeys]);
     await parse.waitFor((l) => l.msg === 'worker pool started');
     await check.waitFor((l) => l.msg === 'worker joined its proxy');
+    // The pool's worker processes got their keys over IPC: their command lines name them, and hold no key.
+    const poolWorkers = descendants(parse.child.pid!);
+    expect(poolWorkers).toHaveLength(2);
+    const secretKey = (await readKeyFile(split.keys.worker.secret)).secretKey!;
+    for (const pid of poolWorkers) {
+      expect(cmdline(pid)).toContain('worker=is_prime.parse#');
+      expect(cmdline(pid)).not.toContain(secretKey);
+    }
 
     const stranger = procs.start('stranger', ['worker', '--stage', 'is_prime.check', '--connect', split.addr(4), '--curve-key', split.keys.stranger.secret, '--curve-server-key', split.keys.pipeline.pub]);
     const plaintext = procs.start('plaintext', ['worker', '--stage', 'is_prime.check', '--connect', split.addr(4)]);

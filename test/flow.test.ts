@@ -251,6 +251,22 @@ describe('credit-based flow between a proxy and its workers', () => {
     expect(before.of(Kind.JOB)).toHaveLength(0);
   });
 
+  it('gives a job it could not send to a vanished worker to another worker instead of failing it', async () => {
+    const { proxy: p, jobs } = await startProxy();
+    const gone = new FakeWorker();
+    await gone.hello(1, 0);
+    await gone.waitFor(Kind.WELCOME, 1);
+    // It vanishes without a BYE (killed); the proxy has not missed a heartbeat yet.
+    gone.dealer.close();
+    const other = new FakeWorker();
+    await other.hello(1, 0);
+    await other.waitFor(Kind.WELCOME, 1);
+    // The vanished worker is first in line: the job is sent to it, refused by the socket, and goes on.
+    await sendJobs(jobs, [1]);
+    expect((await other.waitFor(Kind.JOB, 1))[0]!.id).toBe(1);
+    expect(p.stats()).toMatchObject({ workers: 1, refused: 0 });
+  });
+
   it('gives the jobs a leaving worker never started to another worker, exactly once, and then releases it', async () => {
     const { proxy: p, jobs } = await startProxy();
     const leaving = new FakeWorker();

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -156,4 +156,40 @@ export function tempDirs(prefix: string): () => string {
     made.push(dir);
     return dir;
   };
+}
+
+/** Every live process below `root`, found through the ppid field of /proc/<pid>/stat. */
+export function descendants(root: number): number[] {
+  const parent = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      parent.set(pid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // exited while listed
+    }
+  }
+  const out: number[] = [];
+  const pending = [root];
+  while (pending.length > 0) {
+    const p = pending.pop()!;
+    for (const [pid, ppid] of parent) {
+      if (ppid === p) {
+        out.push(pid);
+        pending.push(pid);
+      }
+    }
+  }
+  return out;
+}
+
+/** A process's command line, NUL-separated; empty once it has exited. */
+export function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return '';
+  }
 }

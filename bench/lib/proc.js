@@ -102,14 +102,9 @@ function describe(pid, comm) {
   if (script === -1) return comm;
   const next = argv[script + 1];
   const name = path.basename(argv[script] ?? comm);
-  if (next !== undefined && next.startsWith('{')) {
-    // A pool's worker process: its launch is JSON; its label names it.
-    try {
-      return `${name} ${JSON.parse(next).label}`;
-    } catch {
-      return name;
-    }
-  }
+  const worker = argv.find((arg) => arg.startsWith('worker='));
+  // A pool's worker process: its command line names it (`stage=MODULE worker=LABEL`).
+  if (worker !== undefined) return `${name} ${worker.slice('worker='.length)}`;
   return next !== undefined && !next.startsWith('-') ? `${name} ${next}` : name;
 }
 

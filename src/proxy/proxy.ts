@@ -244,7 +244,7 @@ export class Proxy {
     configureSocket(this.backend, link, true);
     this.backend.mandatory = true;
     // Jobs that could not be sent to a worker are its to answer for: it is dropped like a dead one.
-    this.toWorkers = new RouterOutbox(this.backend, this.logger, `stage ${o.name} backend`, (key) => this.unreachable(key));
+    this.toWorkers = new RouterOutbox(this.backend, this.logger, `stage ${o.name} backend`, (key, unsent) => this.unreachable(key, unsent));
     if (o.localLoopback !== undefined) {
       this.toLoopback = new LocalOutbox(o.localLoopback, o.maxMessageBytes);
     } else {
@@ -761,10 +761,29 @@ export class Proxy {
     this.checkDrained();
   }
 
-  private unreachable(key: string): void {
+  private unreachable(key: string, unsent: readonly Buffer[]): void {
     const worker = this.workers.get(key);
     if (worker === undefined || !worker.alive) return;
+    // Jobs in the messages the socket refused never reached the worker (it is gone): they
+    // go to another worker, as the jobs a leaving worker hands back do; the rest it held die with it.
+    const undelivered: Job[] = [];
+    for (const frame of unsent) {
+      let records: WireRecord[];
+      try {
+        records = decodeRecords(frame);
+      } catch {
+        continue;
+      }
+      for (const r of records) {
+        const job = r.kind === Kind.JOB ? worker.jobs.get(r.id) : undefined;
+        if (job === undefined || job.moved) continue;
+        this.release(worker, job);
+        undelivered.push(job);
+      }
+    }
     this.expire(worker, 'unreachable');
+    for (let i = undelivered.length - 1; i >= 0; i--) this.enqueue(undelivered[i]!, true);
+    this.drainQueue();
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();
     this.toLoopback.schedule();

@@ -271,12 +271,15 @@ export class RouterOutbox {
   private sending = false;
   private readonly flushBound = (): void => void this.flush();
 
-  /** @param onFailed told the key of a peer whose records could not be sent (it is gone or takes nothing). */
+  /**
+   * @param onFailed told the key of a peer whose records could not be sent (it is gone or
+   *   takes nothing), with the messages that did not leave: their records never reached it.
+   */
   constructor(
     private readonly socket: zmq.Router,
     private readonly logger: LinkLogger,
     private readonly name: string,
-    private readonly onFailed?: (key: string) => void,
+    private readonly onFailed?: (key: string, unsent: readonly Buffer[]) => void,
   ) {}
 
   /** The writer for a peer; records written to it go out at the end of the turn. */
@@ -341,14 +344,14 @@ export class RouterOutbox {
           if (peer.writer.length > 0) peer.queued.push(peer.writer.take());
           const frames = peer.queued.splice(0);
           if (this.strangers.delete(key)) this.peers.delete(key);
+          const pieces = frames.flatMap((frame) => splitFrame(frame, maxMessage(this.socket)));
+          let sent = 0;
           try {
-            for (const frame of frames) {
-              for (const piece of splitFrame(frame, maxMessage(this.socket))) await this.socket.send([peer.identity, piece]);
-            }
+            for (; sent < pieces.length; sent++) await this.socket.send([peer.identity, pieces[sent]!]);
           } catch (err) {
             if (!this.socket.closed) {
               this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');
-              this.onFailed?.(key);
+              this.onFailed?.(key, pieces.slice(sent));
             }
           }
         }

@@ -5,8 +5,9 @@ import type { WorkerHandle } from './handle.js';
 
 /** Starts a stage worker as a child process. */
 export function startProcessWorker(launch: WorkerLaunch): WorkerHandle {
-  // The launch goes over IPC, not the command line: it may hold a secret key.
-  const child = fork(fileURLToPath(WORKER_ENTRY), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // The launch goes over IPC, not the command line: it may hold a secret key. The command
+  // line only names the stage and the worker, for ps and top.
+  const child = fork(fileURLToPath(WORKER_ENTRY), [`stage=${launch.module}`, `worker=${launch.label}`], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   child.send({ type: 'launch', launch } satisfies ProcessLaunch);
   return {
     id: `pid-${child.pid ?? 'unknown'}`,
