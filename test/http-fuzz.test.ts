@@ -147,6 +147,83 @@ function probe(port: number, input: Buffer, halfCloseAfterMs: number | null): Pr
   });
 }
 
+/** A refusal the front end makes itself, to send with requests pipelined behind it. */
+interface Refusal {
+  readonly request: string;
+  readonly status: number;
+  /** False where uWS decides before our code runs (see test/http-raw.test.ts). */
+  readonly uws: boolean;
+  /** False where the request must come whole in the connection's first read. */
+  readonly cut?: boolean;
+}
+
+const H = 'Host: a\r\n';
+/** One of each class the front end refuses, for the limits of the server below (maxBodyBytes 4096, other limits their defaults). */
+const REFUSALS: readonly Refusal[] = [
+  { request: `POST /echo HTTP/1.1\r\n${H}Content-Length: 4\r\nContent-Length: 40\r\n\r\nabcd`, status: 400, uws: true },
+  { request: `GET /echo HTTP/1.1\r\n${H}${H}\r\n`, status: 400, uws: true },
+  { request: `GET /echo HTTP/1.1\r\n${H}X-A: a\x7fb\r\n\r\n`, status: 400, uws: true },
+  { request: `POST /echo HTTP/1.1\r\n${H}Transfer-Encoding: gzip\r\n\r\n`, status: 400, uws: true },
+  { request: `GET /echo HTTP/1.1\r\n${H}X-A : a\r\n\r\n`, status: 400, uws: false },
+  { request: `GET /ec\x01ho HTTP/1.1\r\n${H}\r\n`, status: 400, uws: false },
+  { request: `POST /echo HTTP/1.1\r\n${H}Content-Length: 4097\r\n\r\n`, status: 413, uws: true },
+  { request: `POST /echo HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\n${`800\r\n${'c'.repeat(2048)}\r\n`.repeat(3)}0\r\n\r\n`, status: 413, uws: true },
+  { request: `GET /${'u'.repeat(8192)} HTTP/1.1\r\n${H}\r\n`, status: 414, uws: true },
+  { request: `GET /echo HTTP/1.1\r\n${H}X-Big: ${'b'.repeat(16_384)}\r\n\r\n`, status: 431, uws: true },
+  { request: `TRACE /echo HTTP/1.1\r\n${H}\r\n`, status: 501, uws: true },
+  { request: `POST /echo HTTP/1.1\r\n${H}Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`, status: 501, uws: true },
+  { request: `FOO /echo HTTP/1.1\r\n${H}\r\n`, status: 501, uws: false },
+  { request: `POST /echo HTTP/1.1\r\n${H}Content-Length: 3\r\nExpect: bogus\r\n\r\nabc`, status: 417, uws: true },
+  { request: `GET /echo HTTP/1.2\r\n${H}\r\n`, status: 505, uws: false },
+  // The `node` engine looks for an HTTP/0.9 request line in a connection's first read only.
+  { request: 'GET /echo\r\n', status: 505, uws: false, cut: false },
+];
+
+/** Requests sent behind a refusal: none may reach the pipeline or be answered. */
+const FOLLOWERS = [
+  `GET /echo?smuggled=1 HTTP/1.1\r\n${H}\r\n`,
+  `POST /echo?smuggled=2 HTTP/1.1\r\n${H}Content-Length: 5\r\n\r\nhello`,
+  `GET /health?smuggled=3 HTTP/1.1\r\n${H}\r\n`,
+  `GET /echo?smuggled=4 HTTP/1.1\r\n${H}\r\nGET /echo?smuggled=5 HTTP/1.1\r\n${H}\r\n`,
+];
+
+/**
+ * Writes each of `parts` on a new connection, one write each, and resolves with the
+ * statuses of the whole responses that came before the server closed it (`closed` false
+ * when it had not within `withinMs`), and whatever bytes followed them.
+ */
+function exchange(port: number, parts: readonly Buffer[], withinMs = 3000): Promise<{ statuses: number[]; rest: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    const finish = (closed: boolean): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      let received = Buffer.concat(chunks);
+      const statuses: number[] = [];
+      for (;;) {
+        const end = received.indexOf('\r\n\r\n');
+        if (end === -1) break;
+        const head = received.toString('latin1', 0, end);
+        const status = /^HTTP\/1\.1 (\d{3}) /.exec(head);
+        const length = /\r\ncontent-length: *(\d+)/i.exec(head);
+        if (status === null || length === null || received.length < end + 4 + Number(length[1])) break;
+        statuses.push(Number(status[1]));
+        received = received.subarray(end + 4 + Number(length[1]));
+      }
+      resolve({ statuses, rest: received.toString('latin1'), closed });
+    };
+    const timer = setTimeout(() => finish(false), withinMs);
+    socket.once('connect', () => {
+      for (const part of parts) socket.write(part);
+    });
+    socket.on('data', (d: Buffer) => chunks.push(d));
+    socket.once('close', () => finish(true));
+    // A reset is a close too.
+    socket.on('error', () => undefined);
+  });
+}
+
 for (const engine of ['node', 'uws'] as const) {
   describe(`fuzzing the ${engine} engine`, () => {
     let bf: Butterfly;
@@ -199,5 +276,43 @@ for (const engine of ['node', 'uws'] as const) {
       expect(JSON.parse(res.body)).toMatchObject({ query: { after: 'fuzz' } });
       expect(bf.server!.counters.refused).toBeGreaterThan(0);
     }, BUDGET_MS + 30_000);
+
+    // Each refusal with each follower, in one write, in two, and with the refusal itself
+    // cut in two at a seeded random byte. The `node` engine answers the refusal and closes;
+    // on the `uws` engine a follower uWS parsed in the same read closes the connection
+    // before the refusal goes out, so there it comes at most.
+    it(`answers a refusal of each class at most once, and nothing pipelined behind it, then closes (seed ${SEED.toString(16)})`, async () => {
+      const random = prng(SEED);
+      const cases = REFUSALS.filter((r) => engine === 'node' || r.uws).flatMap((refusal) =>
+        FOLLOWERS.flatMap((follower) => {
+          const head = Buffer.from(refusal.request, 'latin1');
+          const tail = Buffer.from(follower, 'latin1');
+          const cut = 1 + Math.floor(random() * (head.length - 1));
+          const splits = [[Buffer.concat([head, tail])], [head, tail]];
+          if (refusal.cut !== false) splits.push([head.subarray(0, cut), Buffer.concat([head.subarray(cut), tail])]);
+          return splits.map((parts) => ({ refusal, parts }));
+        }),
+      );
+      const before = bf.server!.counters.requests;
+      const wrong: { request: string; statuses: number[]; rest: string; closed: boolean }[] = [];
+      let answered = 0;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < cases.length) {
+          const { refusal, parts } = cases[next++]!;
+          const { statuses, rest, closed } = await exchange(bf.port, parts);
+          if (statuses.length === 1) answered++;
+          const ok = closed && rest === '' && (engine === 'node' ? statuses.length === 1 && statuses[0] === refusal.status : statuses.length <= 1 && statuses.every((s) => s === refusal.status));
+          if (!ok) wrong.push({ request: refusal.request.slice(0, 80), statuses, rest: rest.slice(0, 200), closed });
+        }
+      };
+      await Promise.all(Array.from({ length: 16 }, worker));
+      expect(wrong, 'connections that answered otherwise than the one refusal, or stayed open').toEqual([]);
+      // No follower reached the front end (nor did a refused request).
+      expect(bf.server!.counters.requests).toBe(before);
+      // Every refusal came where nothing was pipelined behind it in the same read: on `node`
+      // always; on `uws` at least where the follower came in a later write.
+      expect(answered).toBeGreaterThan(engine === 'node' ? cases.length - 1 : 0);
+    });
   });
 }

@@ -89,8 +89,18 @@ export class NodeEngine implements HttpEngine {
   private readonly lanes = new WeakMap<Socket, Lane>();
   /** Connections whose first bytes have not arrived yet (node:http does not know them yet), with when they came, in ms. */
   private readonly fresh = new Map<Socket, number>();
-  /** Connections already given their one error response; later parse errors on them are ignored. */
+  /**
+   * Connections already given their one error response: requests node:http still parses
+   * on them (pipelined behind the refused one) and later parse errors are ignored.
+   */
   private readonly refused = new WeakSet<Socket>();
+  /**
+   * Requests node:http parsed behind a chunked body still being read, per connection: a
+   * chunked body can be refused (413, 503) only as it arrives, after node:http has handed
+   * over what follows it. They go on once the body has been read, and are dropped with the
+   * connection if it is refused.
+   */
+  private readonly behindBody = new WeakMap<Socket, (() => void)[]>();
   private readonly checkInterval: number;
   private sweepTimer: NodeJS.Timeout | undefined;
   // One listener of each kind for every fresh connection (`this` is the socket): no closure per connection.
@@ -240,6 +250,15 @@ export class NodeEngine implements HttpEngine {
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue = false): void {
+    // node:http hands over every request it parsed, those behind a refused one too (their
+    // answers would never be written, as the connection closes after the refusal): none
+    // of them may reach the pipeline.
+    if (this.refused.has(req.socket)) return;
+    const behind = this.behindBody.get(req.socket);
+    if (behind !== undefined) {
+      behind.push(() => this.onRequest(req, res, expectsContinue));
+      return;
+    }
     const raw = req.rawHeaders;
     const headers = new Array<string>(raw.length);
     for (let i = 0; i < raw.length; i += 2) {
@@ -250,7 +269,7 @@ export class NodeEngine implements HttpEngine {
     const target = req.url ?? '/';
     const bad = checkHead(method, target, req.httpVersion, headers, this.limits);
     if (bad !== null) {
-      this.refuse(res, bad);
+      this.refuse(req.socket, res, bad);
       return;
     }
     if (expectsContinue) res.writeContinue();
@@ -271,21 +290,22 @@ export class NodeEngine implements HttpEngine {
     const declared = Number.isSafeInteger(length) && length > 0 ? length : 0;
     if (!this.holdBody(reply, declared)) {
       this.bodyRefusals++;
-      this.refuse(res, BODIES_FULL);
+      this.refuse(req.socket, res, BODIES_FULL);
       return;
     }
     const into = length >= LARGE_RECORD_BYTES && length <= this.limits.maxBodyBytes ? allocateBody(length) : undefined;
+    if (declared === 0) this.behindBody.set(req.socket, []);
     req.on('data', (chunk: Buffer) => {
       if (refused) return;
       if (size + chunk.length > (into?.length ?? this.limits.maxBodyBytes)) {
         refused = true;
-        this.refuse(res, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
+        this.refuse(req.socket, res, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
         return;
       }
       if (declared === 0 && !this.holdBody(reply, chunk.length)) {
         refused = true;
         this.bodyRefusals++;
-        this.refuse(res, BODIES_FULL);
+        this.refuse(req.socket, res, BODIES_FULL);
         return;
       }
       if (into !== undefined) chunk.copy(into, size);
@@ -296,7 +316,17 @@ export class NodeEngine implements HttpEngine {
       if (refused) return;
       const body = into !== undefined ? (size === into.length ? into : into.subarray(0, size)) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
       this.dispatch(req.socket, makeRequest(req, method, target, headers, body), reply);
+      if (declared === 0) this.goOnBehind(req.socket);
     });
+  }
+
+  /** The requests that waited behind a chunked body just read go on, in order. */
+  private goOnBehind(socket: Socket): void {
+    const behind = this.behindBody.get(socket);
+    if (behind === undefined) return;
+    this.behindBody.delete(socket);
+    // One of them may read a chunked body in turn: those after it wait again, in order.
+    for (const next of behind) next();
   }
 
   /**
@@ -333,8 +363,13 @@ export class NodeEngine implements HttpEngine {
     if (lane.waiting.length === 0 && socket.isPaused() && !socket.destroyed) socket.resume();
   }
 
-  /** Answers a refused request through node:http (so after the answers before it) and closes the connection. */
-  private refuse(res: http.ServerResponse, err: ErrorData): void {
+  /**
+   * Answers a refused request through node:http (so after the answers before it) and
+   * closes the connection; requests after it on the connection are ignored.
+   */
+  private refuse(socket: Socket, res: http.ServerResponse, err: ErrorData): void {
+    this.refused.add(socket);
+    this.behindBody.delete(socket);
     this.onRefusal(err.status, err.code);
     const { headers, body } = errorBody(err);
     writeResponse(res, err.status, headers, body, true);

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import type { HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
+import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { ButterflyError, UwsUnavailableError } from '../../errors.js';
 import type { ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, checkSyntax, errorBody, refusal, statusLine } from '../checks.js';
@@ -34,13 +34,19 @@ export async function loadUws(): Promise<Uws> {
  *   than about 47 header fields) get no response: the connection hangs until uWS's idle
  *   timeout (about 10 s). An unknown method, a malformed `Content-Length`, both
  *   `Content-Length` and `Transfer-Encoding`, or a bad chunk size close it unanswered.
- * - A chunk whose data is not followed by CRLF is accepted. A chunk extension gets no
- *   response (the connection hangs); a trailer field closes the connection unanswered. A
- *   header line with an empty name is dropped.
+ * - A chunk whose data is not followed by CRLF is accepted, as are chunk sizes with
+ *   trailing whitespace; a chunk size with a leading space is read as the last chunk, and
+ *   chunk data longer than its size is read as the next chunk size (the connection waits).
+ *   A chunk extension gets no response (the connection hangs); a trailer field closes the
+ *   connection unanswered. A header line with an empty name hides itself and every field
+ *   after it, framing ones included.
  * - `Expect: 100-continue` is answered `100 Continue` before the handler runs, so a body
  *   too large is refused with 413 after the 100, not instead of it.
- * - A second pipelined request that arrives before the first is answered closes the
- *   connection.
+ * - A request that arrives before the one before it is answered closes the connection,
+ *   unanswered. uWS also takes what follows a finished response in the bytes it read for a
+ *   new request, `Connection: close` or not; so this engine answers nothing while uWS
+ *   parses (see `UwsReply.send`), and a request pipelined behind a refused one, or behind
+ *   one answered without the pipeline, closes the connection before that answer goes out.
  * - Connections are closed by uWS after about 10 s idle or with an unfinished head, without
  *   408; they cannot be counted, so `maxConnections`, `keepAliveTimeoutMs` and
  *   `headersTimeoutMs` do not apply.
@@ -52,8 +58,8 @@ export class UwsEngine implements HttpEngine {
   readonly writeTimeouts = 0;
   readonly connectionWaits = 0;
   readonly bodyRefusals = 0;
-  /** Set once `close()` is called: every answer then closes its connection. */
-  private readonly drain = { draining: false };
+  /** What every reply of this engine looks at: whether it drains, whether uWS is parsing. */
+  private readonly context: ReplyContext = { draining: false, parsing: false };
 
   constructor(
     private readonly uws: Uws,
@@ -63,52 +69,69 @@ export class UwsEngine implements HttpEngine {
   ) {
     this.app = uws.App();
     this.app.any('/*', (res, req) => {
-      // This uWS build reports every method in lower case, so the case a client sent is lost.
-      const method = req.getMethod().toUpperCase();
-      const reply = new UwsReply(res, method === 'HEAD', this.drain);
-      const path = req.getUrl();
-      const query = req.getQuery();
-      const target = query === undefined || query === '' ? path : `${path}?${query}`;
-      const headers: string[] = [];
-      req.forEach((name, value) => {
-        headers.push(name, value);
-      });
-      const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-      const bad = checkSyntax(target, headers) ?? checkHead(method, target, '1.1', headers, this.limits);
-      if (bad !== null) {
-        this.refuse(reply, bad);
+      this.context.parsing = true;
+      try {
+        this.onRequest(res, req);
+      } finally {
+        this.context.parsing = false;
+      }
+    });
+  }
+
+  private onRequest(res: HttpResponse, req: HttpRequest): void {
+    // This uWS build reports every method in lower case, so the case a client sent is lost.
+    const method = req.getMethod().toUpperCase();
+    const reply = new UwsReply(res, method === 'HEAD', this.context);
+    const path = req.getUrl();
+    const query = req.getQuery();
+    const target = query === undefined || query === '' ? path : `${path}?${query}`;
+    const headers: string[] = [];
+    req.forEach((name, value) => {
+      headers.push(name, value);
+    });
+    const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+    const bad = checkSyntax(target, headers) ?? checkHead(method, target, '1.1', headers, this.limits);
+    if (bad !== null) {
+      this.refuse(reply, bad);
+      return;
+    }
+    const contentLength = req.getHeader('content-length');
+    const chunked = req.getHeader('transfer-encoding') !== '';
+    if (contentLength === '' || contentLength === '0') {
+      if (!chunked) {
+        this.handler({ method, target, httpVersion: '1.1', headers, body: EMPTY, remoteAddress }, reply);
         return;
       }
-      const contentLength = req.getHeader('content-length');
-      const chunked = req.getHeader('transfer-encoding') !== '';
-      if (contentLength === '' || contentLength === '0') {
-        if (!chunked) {
-          this.handler({ method, target, httpVersion: '1.1', headers, body: EMPTY, remoteAddress }, reply);
-          return;
-        }
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => {
+      if (!reply.aborted && !reply.sent) this.refuse(reply, REQUEST_TIMEOUT);
+    }, this.limits.requestReadTimeoutMs);
+    reply.onAbort(() => clearTimeout(timer));
+    const take = (chunk: ArrayBuffer, isLast: boolean): void => {
+      if (reply.aborted || reply.sent) return;
+      size += chunk.byteLength;
+      if (size > this.limits.maxBodyBytes) {
+        clearTimeout(timer);
+        this.refuse(reply, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
+        return;
       }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      const timer = setTimeout(() => {
-        if (!reply.aborted && !reply.sent) this.refuse(reply, REQUEST_TIMEOUT);
-      }, this.limits.requestReadTimeoutMs);
-      reply.onAbort(() => clearTimeout(timer));
-      res.onData((chunk, isLast) => {
-        if (reply.aborted || reply.sent) return;
-        size += chunk.byteLength;
-        if (size > this.limits.maxBodyBytes) {
-          clearTimeout(timer);
-          this.refuse(reply, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
-          return;
-        }
-        // The chunk's memory is uWS's and is reused after this callback: copy it.
-        chunks.push(Buffer.from(new Uint8Array(chunk)));
-        if (isLast) {
-          clearTimeout(timer);
-          const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-          this.handler({ method, target, httpVersion: '1.1', headers, body, remoteAddress }, reply);
-        }
-      });
+      // The chunk's memory is uWS's and is reused after this callback: copy it.
+      chunks.push(Buffer.from(new Uint8Array(chunk)));
+      if (isLast) {
+        clearTimeout(timer);
+        const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+        this.handler({ method, target, httpVersion: '1.1', headers, body, remoteAddress }, reply);
+      }
+    };
+    res.onData((chunk, isLast) => {
+      this.context.parsing = true;
+      try {
+        take(chunk, isLast);
+      } finally {
+        this.context.parsing = false;
+      }
     });
   }
 
@@ -127,7 +150,7 @@ export class UwsEngine implements HttpEngine {
 
   close(): Promise<void> {
     // From now on every answer says `Connection: close` and ends its connection.
-    this.drain.draining = true;
+    this.context.draining = true;
     if (this.listenSocket !== undefined) {
       this.uws.us_listen_socket_close(this.listenSocket);
       this.listenSocket = undefined;
@@ -149,11 +172,20 @@ export class UwsEngine implements HttpEngine {
 
 const EMPTY = Buffer.alloc(0);
 
+/** What the replies of one engine share with it. */
+interface ReplyContext {
+  /** Set once the engine drains: every answer then closes its connection. */
+  draining: boolean;
+  /** True while uWS runs our code in the middle of parsing what it read from a connection. */
+  parsing: boolean;
+}
+
 class UwsReply implements EngineReply {
   aborted = false;
   sent = false;
   private abortFn: (() => void) | undefined;
   private readonly writeBound: () => void;
+  private readonly writeLater: () => void;
   private status = 0;
   private headers: readonly string[] = [];
   private body: Buffer = EMPTY;
@@ -162,7 +194,7 @@ class UwsReply implements EngineReply {
   constructor(
     private readonly res: HttpResponse,
     private readonly head: boolean,
-    private readonly drain: { readonly draining: boolean },
+    private readonly context: ReplyContext,
   ) {
     // Must be registered before any asynchronous work: uWS requires it.
     res.onAborted(() => {
@@ -170,20 +202,35 @@ class UwsReply implements EngineReply {
       this.abortFn?.();
     });
     this.writeBound = () => this.write();
+    this.writeLater = () => {
+      if (!this.aborted) this.res.cork(this.writeBound);
+    };
   }
 
   onAbort(fn: () => void): void {
     this.abortFn = fn;
   }
 
+  /**
+   * Sends the response, at once or, when uWS is parsing (a refusal, the health path), once
+   * it is done. uWS sends nothing written during its parse before the end of it, and it
+   * takes whatever follows a finished response in what it read as a new request, even
+   * after `Connection: close`: a refusal or answer written then would let a request
+   * pipelined behind it through, smuggled past a front proxy that framed the bytes
+   * otherwise. Held until the parse is over (`setImmediate`), the response is still
+   * pending when uWS meets a pipelined request, and uWS closes the connection there and
+   * then, unanswered; with nothing pipelined the response goes out in the same turn of
+   * the event loop.
+   */
   send(status: number, headers: readonly string[], body: Buffer, close: boolean): void {
     if (this.sent || this.aborted) return;
     this.sent = true;
     this.status = status;
     this.headers = headers;
     this.body = body;
-    this.close = close || this.drain.draining;
-    this.res.cork(this.writeBound);
+    this.close = close || this.context.draining;
+    if (this.context.parsing) setImmediate(this.writeLater);
+    else this.res.cork(this.writeBound);
   }
 
   private write(): void {
