@@ -1,4 +1,5 @@
 import { STATUS_CODES } from 'node:http';
+import { isIPv6 } from 'node:net';
 import type { ErrorCode } from '../errors.js';
 import { ERROR_STATUS } from '../errors.js';
 import type { ErrorData, ResponseData } from '../wire/index.js';
@@ -7,18 +8,37 @@ import type { EngineLimits } from './engines/engine.js';
 /**
  * Checks every engine applies to a request head before it reads a body, so that both
  * engines refuse the same requests with the same status: the version, the target's
- * length, the number and size of header fields, `Host`, `Expect`, and framing headers
- * that could smuggle a second request. The `uws` engine also runs `checkSyntax`, for
- * what llhttp already refuses in the `node` engine.
+ * length and form, the number and size of header fields, `Host`, `Expect`, and framing
+ * headers that could smuggle a second request. The `uws` engine also runs `checkFields`,
+ * for what llhttp already refuses in the `node` engine.
  */
 
 const DIGITS = /^[0-9]+$/;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // A header value: visible ASCII, space, tab and obs-text; no other control character.
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
-// A request target: visible ASCII and obs-text; no space or control character.
-const TARGET = /^[\x21-\x7e\x80-\xff]*$/;
+// An origin-form request target (RFC 9112 3.2.1): `/`, then visible ASCII but `#` (a
+// fragment is not part of a target); no space, control character or byte past ASCII.
+const ORIGIN_FORM = /^\/[\x21\x22\x24-\x7e]*$/;
+// `Host` (RFC 9112 3.2, RFC 3986 3.2.2) is `uri-host [ ":" port ]`, port `*DIGIT`. A
+// uri-host is a reg-name (which covers IPv4 addresses), never empty for an http URI, or an
+// IP literal in brackets. The first pattern is the usual case, a name or address without
+// percent-encoding.
+const HOST_NAME = /^[A-Za-z0-9\-._~!$&'()*+,;=]+(?::[0-9]*)?$/;
+const HOST_ENCODED = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+(?::[0-9]*)?$/;
+// An IP literal: an IPv6 address (checked by `isIPv6`), or IPvFuture.
+const HOST_IP_LITERAL = /^\[(?:([0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\](?::[0-9]*)?$/;
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']);
+
+/** The methods the front end takes, as `OPTIONS *` answers them in `Allow`. */
+export const ALLOWED_METHODS = [...KNOWN_METHODS].join(', ');
+
+/** Whether `value` is a valid `Host` field value: `uri-host [ ":" port ]`, the host not empty. */
+function isValidHost(value: string): boolean {
+  if (HOST_NAME.test(value) || HOST_ENCODED.test(value)) return true;
+  const literal = HOST_IP_LITERAL.exec(value);
+  return literal !== null && (literal[1] === undefined || isIPv6(literal[1]));
+}
 
 /** An error as the front end answers it. */
 export function refusal(code: ErrorCode, message: string): ErrorData {
@@ -44,11 +64,15 @@ export function checkHead(method: string, target: string, httpVersion: string, h
   if (!TOKEN.test(method)) return refusal('BF_ERR_BAD_REQUEST', 'malformed method');
   if (!KNOWN_METHODS.has(method)) return refusal('BF_ERR_NOT_IMPLEMENTED', `method ${method} is not implemented`);
   if (target.length > limits.maxUrlBytes) return refusal('BF_ERR_URL_TOO_LONG', `request target longer than ${limits.maxUrlBytes} bytes`);
-  if (target.length === 0 || target.charCodeAt(0) !== 0x2f) return refusal('BF_ERR_BAD_REQUEST', 'request target must start with /');
+  if (!ORIGIN_FORM.test(target)) {
+    // `OPTIONS *` (asterisk-form) is the one other target taken; the front end answers it.
+    if (target !== '*' || method !== 'OPTIONS') return badTarget(target);
+  }
   const count = headers.length >> 1;
   if (count > limits.maxHeaderCount) return refusal('BF_ERR_HEADERS_TOO_LARGE', `more than ${limits.maxHeaderCount} header fields`);
   let bytes = 0;
   let hosts = 0;
+  let host = '';
   let contentLength: string | undefined;
   let transferEncoding: string | undefined;
   let expect: string | undefined;
@@ -68,7 +92,10 @@ export function checkHead(method: string, target: string, httpVersion: string, h
         if (name === 'transfer-encoding') transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
         break;
       case 0x68: // h
-        if (name === 'host') hosts++;
+        if (name === 'host') {
+          hosts++;
+          host = value;
+        }
         break;
       case 0x65: // e
         if (name === 'expect') expect = expect === undefined ? value : `${expect}, ${value}`;
@@ -78,6 +105,7 @@ export function checkHead(method: string, target: string, httpVersion: string, h
   if (bytes > limits.maxHeaderBytes) return refusal('BF_ERR_HEADERS_TOO_LARGE', `header block larger than ${limits.maxHeaderBytes} bytes`);
   if (hosts > 1) return refusal('BF_ERR_BAD_REQUEST', 'more than one Host');
   if (hosts === 0 && httpVersion === '1.1') return refusal('BF_ERR_BAD_REQUEST', 'an HTTP/1.1 request needs a Host header');
+  if (hosts === 1 && !isValidHost(host)) return refusal('BF_ERR_BAD_REQUEST', 'Host must be a host name or address and an optional port');
   if (contentLength !== undefined) {
     if (!DIGITS.test(contentLength)) return refusal('BF_ERR_BAD_REQUEST', 'Content-Length must be digits');
     if (transferEncoding !== undefined) return refusal('BF_ERR_BAD_REQUEST', 'both Content-Length and Transfer-Encoding');
@@ -98,14 +126,20 @@ export function checkHead(method: string, target: string, httpVersion: string, h
   return null;
 }
 
+/** The 400 for a target that is neither origin-form nor `OPTIONS *`, saying what is wrong with it. */
+function badTarget(target: string): ErrorData {
+  if (target === '*') return refusal('BF_ERR_BAD_REQUEST', 'request target * is for OPTIONS only');
+  if (target.charCodeAt(0) !== 0x2f) return refusal('BF_ERR_BAD_REQUEST', 'request target must start with /');
+  if (target.includes('#')) return refusal('BF_ERR_BAD_REQUEST', 'a fragment (#) is not part of a request target');
+  return refusal('BF_ERR_BAD_REQUEST', 'control character, space or non-ASCII byte in the request target');
+}
+
 /**
- * The request-line and field syntax llhttp enforces in the `node` engine, for engines
- * whose parser lets more through (uWS passes DEL in values):
- * a target without spaces or control characters, field names that are tokens, values
- * without control characters. Returns the refusal (400) or null.
+ * The field syntax llhttp enforces in the `node` engine, for engines whose parser lets
+ * more through (uWS passes DEL in values): field names that are tokens, values without
+ * control characters. Returns the refusal (400) or null.
  */
-export function checkSyntax(target: string, headers: readonly string[]): ErrorData | null {
-  if (!TARGET.test(target)) return refusal('BF_ERR_BAD_REQUEST', 'control character or space in the request target');
+export function checkFields(headers: readonly string[]): ErrorData | null {
   for (let i = 0; i + 1 < headers.length; i += 2) {
     if (!TOKEN.test(headers[i]!)) return refusal('BF_ERR_BAD_REQUEST', 'malformed header name');
     if (!FIELD_VALUE.test(headers[i + 1]!)) return refusal('BF_ERR_BAD_REQUEST', 'control character in a header value');

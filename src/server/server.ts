@@ -1,7 +1,7 @@
 import { type Logger, silentLogger } from '../logger.js';
 import { type OptionName, check, defaultsOf, withDefaults } from '../options.js';
 import { RequestData, type ErrorData, type ResponseData } from '../wire/index.js';
-import { finalAnswer, isSendable } from './checks.js';
+import { ALLOWED_METHODS, finalAnswer, isSendable } from './checks.js';
 import type { PipelineClient } from './client.js';
 import { type EngineLimits, type EngineName, type EngineReply, type EngineRequest, type HttpEngine, createEngine } from './engines/index.js';
 
@@ -120,6 +120,9 @@ export interface RequestObserver {
 
 const HEALTH_HEADERS: readonly string[] = Object.freeze(['content-type', 'application/json']);
 const HEALTH_BODY = Buffer.from('{"status":"ok"}');
+/** The answer to `OPTIONS *`: the methods the server takes, and no content. */
+const OPTIONS_HEADERS: readonly string[] = Object.freeze(['allow', ALLOWED_METHODS]);
+const EMPTY = Buffer.alloc(0);
 
 /** Counts of what the front end answered, since start. */
 export interface ServerCounters {
@@ -130,8 +133,8 @@ export interface ServerCounters {
 }
 
 /**
- * The HTTP front end: reads requests through its engine, answers health checks and bad
- * requests itself, and sends everything else to the pipeline, writing back the one
+ * The HTTP front end: reads requests through its engine, answers health checks, `OPTIONS *`
+ * and bad requests itself, and sends everything else to the pipeline, writing back the one
  * answer the pipeline client gives for it. A client that goes away cancels its request.
  */
 export class ButterflyServer {
@@ -247,6 +250,12 @@ export class ButterflyServer {
     const startedAt = timed ? performance.now() : 0;
     if (target.startsWith(health) && (target.length === health.length || target.charCodeAt(health.length) === 0x3f)) {
       reply.send(200, HEALTH_HEADERS, HEALTH_BODY, false);
+      observer?.answered(req, 200, undefined, startedAt);
+      return;
+    }
+    // `OPTIONS *`: the engines let no other request have this target.
+    if (target === '*') {
+      reply.send(200, OPTIONS_HEADERS, EMPTY, false);
       observer?.answered(req, 200, undefined, startedAt);
       return;
     }

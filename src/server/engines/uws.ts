@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { ButterflyError, UwsUnavailableError } from '../../errors.js';
 import type { ErrorData } from '../../wire/index.js';
-import { REQUEST_TIMEOUT, checkHead, checkSyntax, errorBody, refusal, statusLine } from '../checks.js';
+import { REQUEST_TIMEOUT, checkFields, checkHead, errorBody, refusal, statusLine } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, HttpEngine, Refusal } from './engine.js';
 
 type Uws = typeof import('uWebSockets.js');
@@ -23,17 +23,18 @@ export async function loadUws(): Promise<Uws> {
 
 /**
  * The `uws` engine: uWebSockets.js, the fastest, for HTTP/1.1 clients that send `Host`.
- * The checks of `checkSyntax` and `checkHead` run before anything else, since uWS accepts
- * duplicate or empty Content-Length, very long targets and header blocks, and DEL in
- * values; a body that does not arrive within `requestReadTimeoutMs` of the head is
- * answered 408.
+ * The checks of `checkFields` and `checkHead` run before anything else, since uWS accepts
+ * duplicate or empty Content-Length, very long targets and header blocks, DEL in values,
+ * any `Host` value, and `#` or bytes past ASCII in the target; a body that does not arrive
+ * within `requestReadTimeoutMs` of the head is answered 408.
  *
  * What uWS (this build, 20.30) does before a request reaches us, and we cannot change:
- * - HTTP/1.0 requests, HTTP/1.1 requests without `Host`, and most malformed heads (bad
- *   versions, control characters, obsolete line folding, whitespace before a colon, more
- *   than about 47 header fields) get no response: the connection hangs until uWS's idle
- *   timeout (about 10 s). An unknown method, a malformed `Content-Length`, both
- *   `Content-Length` and `Transfer-Encoding`, or a bad chunk size close it unanswered.
+ * - HTTP/1.0 requests, HTTP/1.1 requests without `Host`, targets that do not start with
+ *   `/` (`OPTIONS *` too), and most malformed heads (bad versions, control characters,
+ *   obsolete line folding, whitespace before a colon, more than about 47 header fields)
+ *   get no response: the connection hangs until uWS's idle timeout (about 10 s). An
+ *   unknown method, a malformed `Content-Length`, both `Content-Length` and
+ *   `Transfer-Encoding`, or a bad chunk size close it unanswered.
  * - A chunk whose data is not followed by CRLF is accepted, as are chunk sizes with
  *   trailing whitespace; a chunk size with a leading space is read as the last chunk, and
  *   chunk data longer than its size is read as the next chunk size (the connection waits).
@@ -90,7 +91,7 @@ export class UwsEngine implements HttpEngine {
       headers.push(name, value);
     });
     const remoteAddress = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
-    const bad = checkSyntax(target, headers) ?? checkHead(method, target, '1.1', headers, this.limits);
+    const bad = checkFields(headers) ?? checkHead(method, target, '1.1', headers, this.limits);
     if (bad !== null) {
       this.refuse(reply, bad);
       return;
