@@ -97,7 +97,8 @@ export class NodeEngine implements HttpEngine {
   /**
    * Requests node:http parsed behind a chunked body still being read, per connection: a
    * chunked body can be refused (413, 503) only as it arrives, after node:http has handed
-   * over what follows it. They go on once the body has been read, and are dropped with the
+   * over what follows it. They go on once the body has been read (within the same read of
+   * the connection, so at most what one read holds wait), and are dropped with the
    * connection if it is refused.
    */
   private readonly behindBody = new WeakMap<Socket, (() => void)[]>();
