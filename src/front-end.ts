@@ -4,6 +4,13 @@ import { AdminServer, HttpMetrics, type Readiness, type StageReadiness, type Sta
 import { ButterflyServer, type PipelineClient, type ServerOptions } from './server/index.js';
 
 /**
+ * How long a drain waits, once every request is answered, for requests that may still be
+ * on their way on kept-alive connections, in ms (a new one restarts the wait). The same as
+ * the node engine's grace for idle connections.
+ */
+const DRAIN_QUIET_MS = 200;
+
+/**
  * The front of a pipeline, the same in one process tree and in split mode: the pipeline
  * client, the HTTP server in front of it, the request metrics and the admin port, with
  * one readiness rule and one drain.
@@ -79,6 +86,19 @@ export async function startFrontEnd(o: FrontEndOptions): Promise<FrontEnd> {
     throw err;
   }
   let serverClosed: Promise<void> | undefined;
+  /**
+   * Every request answered, and none come for `DRAIN_QUIET_MS`: a client may have sent a
+   * request on a kept-alive connection just before the drain began (it had no
+   * `Connection: close` yet), and it is answered, not reset by the exit.
+   */
+  const settled = async (): Promise<true> => {
+    for (;;) {
+      await client.drain();
+      const seen = server?.counters.requests ?? 0;
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_QUIET_MS));
+      if (client.inFlight === 0 && (server?.counters.requests ?? 0) === seen) return true;
+    }
+  };
   return {
     server,
     admin,
@@ -91,7 +111,7 @@ export async function startFrontEnd(o: FrontEndOptions): Promise<FrontEnd> {
       serverClosed ??= server?.close();
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), drainMs)));
-      const drained = await Promise.race([client.drain().then(() => true), timeout]);
+      const drained = await Promise.race([settled(), timeout]);
       clearTimeout(timer);
       return drained;
     },

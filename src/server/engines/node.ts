@@ -1,9 +1,16 @@
 import http from 'node:http';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import { ButterflyError } from '../../errors.js';
 import { LARGE_RECORD_BYTES, allocateBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, errorBody, refusal } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
+
+/**
+ * Time idle keep-alive connections stay open once the engine drains, in ms: a request a
+ * client sent on one just as the drain began is answered (with `Connection: close`)
+ * instead of reset.
+ */
+export const DRAIN_IDLE_GRACE_MS = 200;
 
 /** Room in llhttp's header limit for the request line around the target: method, spaces, version, CRLF. */
 const REQUEST_LINE_BYTES = 64;
@@ -104,6 +111,9 @@ export class NodeEngine implements HttpEngine {
   private readonly behindBody = new WeakMap<Socket, (() => void)[]>();
   private readonly checkInterval: number;
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** Set at `close()`: when idle connections are closed. */
+  private idleTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
   // One listener of each kind for every fresh connection (`this` is the socket): no closure per connection.
   private readonly onFirstData: (this: Socket, chunk: Buffer) => void;
   private readonly onFreshError: (this: Socket) => void;
@@ -185,18 +195,31 @@ export class NodeEngine implements HttpEngine {
     // From now on every answer says `Connection: close` and ends its connection once
     // written, so that no client sends another request on a connection about to go.
     this.owner.draining = true;
-    return new Promise((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeIdleConnections();
+    if (this.closing !== undefined) return this.closing;
+    this.closing = new Promise((resolve) => {
+      // Stop listening, but leave idle connections a moment: a client may be sending its
+      // next request on one right now, and closing under it would reset that request. What
+      // comes meanwhile is answered, with `Connection: close`; then the idle ones close.
+      net.Server.prototype.close.call(this.server, () => resolve());
       clearInterval(this.sweepTimer);
-      for (const socket of this.fresh.keys()) socket.destroy();
-      this.fresh.clear();
+      this.idleTimer = setTimeout(() => {
+        // http.Server's own close: closes the connections without a request, stops its checks.
+        this.server.close();
+        for (const socket of this.fresh.keys()) socket.destroy();
+        this.fresh.clear();
+      }, DRAIN_IDLE_GRACE_MS);
+      this.idleTimer.unref();
     });
+    return this.closing;
   }
 
   destroy(): Promise<void> {
     const closed = this.close();
+    clearTimeout(this.idleTimer);
+    this.server.close();
     this.server.closeAllConnections();
+    for (const socket of this.fresh.keys()) socket.destroy();
+    this.fresh.clear();
     return closed;
   }
 
