@@ -178,14 +178,15 @@ export class PipelineClient {
     const id = requestId(this.idPrefix, this.idCounter);
     const deadline = Date.now() + timeoutMs;
     // A large request travels in a message of its own, which is passed on, not copied.
-    const large = payload instanceof RequestData && payload.body.length >= LARGE_RECORD_BYTES;
-    const inPlace = large ? encodeRequestJob(id, deadline, payload) : undefined;
+    const bodyBytes = payload instanceof RequestData ? payload.body.length : Buffer.isBuffer(payload) ? payload.length : 0;
+    const large = bodyBytes >= LARGE_RECORD_BYTES;
+    const inPlace = large && payload instanceof RequestData ? encodeRequestJob(id, deadline, payload) : undefined;
     if (inPlace !== undefined) {
       this.pending.set(id, { id, deadline, onAnswer });
       outbox.sendAlone(inPlace, true);
       return id;
     }
-    const w = large ? new RecordWriter(payload.body.length + 16 * 1024) : outbox.writer;
+    const w = large ? new RecordWriter(bodyBytes + 16 * 1024) : outbox.writer;
     w.begin(Kind.JOB, 0, 0, id, deadline);
     try {
       writeValue(w, payload);

@@ -48,7 +48,7 @@ const OWNED_COPY_LIMIT = 64 * 1024;
 
 /**
  * A record with a payload this large (bytes) travels in a message of its own, so that its
- * bytes are handed from thread to thread (moved, not copied) and never copied into a batch.
+ * bytes are never copied into a batch (and from the front end to a worker thread, moved).
  */
 export const LARGE_RECORD_BYTES = 64 * 1024;
 

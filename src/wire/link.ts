@@ -194,11 +194,18 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
   }
 
   protected deliver(): void {
-    const frame = this.writer.takeOwned();
-    this.port.postMessage(frame, [frame.buffer as ArrayBuffer]);
+    // A small batch is copied out and the writer keeps its buffer; a large one is handed over.
+    postFrame(this.port, this.writer.takeOwned());
   }
 
-  /** @returns true when the bytes were moved to the other thread (they are gone from this one). */
+  /**
+   * Posts `frame` after everything written before. With `move`, its memory is handed to the
+   * other thread (gone from this one), else the bytes are copied. Only the front end's
+   * thread moves: moving detaches memory in the sending thread, and a thread with one
+   * detached buffer runs every typed-array access checked from then on, so that a stage's
+   * loops over bytes in a worker that moved would run about a third slower.
+   * @returns true when the bytes were moved.
+   */
   sendAlone(frame: Buffer, move = false): boolean {
     this.flush();
     if (move) {
@@ -209,8 +216,7 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
         // Memory owned by a native library (a received ZeroMQ message) cannot be moved: copy it.
       }
     }
-    const copy = new Uint8Array(frame);
-    this.port.postMessage(copy, [copy.buffer]);
+    postFrame(this.port, frame);
     return false;
   }
 
@@ -218,6 +224,20 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
     return false;
   }
 }
+
+/**
+ * Posts a copy of a message's bytes to another thread, without a transfer list (see
+ * `PortOutbox.sendAlone`). The clone copies a view's whole backing buffer: a view on a
+ * buffer much larger than itself is first copied out alone. (Shared memory would spare
+ * the copy, but a SharedArrayBuffer's memory is not weighed by the collector of the
+ * threads that hold it: under a storm of large requests it grows without bound.)
+ */
+function postFrame(port: MessagePort, frame: Uint8Array): void {
+  port.postMessage(frame.buffer.byteLength - frame.byteLength <= COPY_SLACK_BYTES ? frame : new Uint8Array(frame));
+}
+
+/** Bytes of a backing buffer beyond its view that `postFrame` lets the clone copy along. */
+const COPY_SLACK_BYTES = 64 * 1024;
 
 /** Hands every batch posted by a `PortOutbox` on the other side of `port` to `onFrame`. */
 export function receivePort(port: MessagePort, onFrame: (frame: Buffer) => void, logger: LinkLogger, name: string): void {

@@ -260,7 +260,8 @@ export class StageWorker {
     const frame = this.movedIn.get(id);
     if (frame === undefined) return;
     this.movedIn.delete(id);
-    this.link.toProxy.sendAlone(frame, true);
+    // Copied, not moved: see `PortOutbox.sendAlone`.
+    this.link.toProxy.sendAlone(frame);
   }
 
   private async shut(): Promise<void> {
@@ -429,7 +430,8 @@ export class StageWorker {
    * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
    * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
    * A record with `size` or more bytes of body (`LARGE_RECORD_BYTES`) goes in a message of
-   * its own, whose bytes are moved, not copied, to a thread of this process.
+   * its own, never copied into a batch (to a thread of this process, it is posted as a copy:
+   * see `PortOutbox.sendAlone`).
    */
   private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number): boolean {
     const alone = size >= LARGE_RECORD_BYTES;
@@ -451,7 +453,7 @@ export class StageWorker {
       return false;
     }
     w.end();
-    if (alone) outbox.sendAlone(w.take(), true);
+    if (alone) outbox.sendAlone(w.take());
     return true;
   }
 
