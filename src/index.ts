@@ -9,6 +9,7 @@
  */
 export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
 export { chunks, type Jobs, type SendOptions, type DistributeOptions, type Settled } from './jobs.js';
+export { offload, type Offloaded, type OffloadMode, type OffloadOptions } from './offload.js';
 export {
   defineStage,
   definePipeline,

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { run, tempDirs } from './helpers.js';
 
 const DIGITS = fileURLToPath(new URL('../examples/digits/digits.js', import.meta.url));
+const OFFLOAD = fileURLToPath(new URL('../examples/offload/offload.js', import.meta.url));
 const tempDir = tempDirs('bf-examples-');
 
 interface DigitsReport {
@@ -38,5 +39,24 @@ describe('examples/digits', () => {
     const bad = await run(process.execPath, [DIGITS, '--workers', '1,0']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--workers must be a positive integer, got "0"');
+  });
+});
+
+describe('examples/offload', () => {
+  it('runs batches of concurrent calls, the first call here and the rest on the pool, as JSON and as lines', async () => {
+    const args = [OFFLOAD, '--calls', '4', '--batches', '2', '--ms', '60', '--workers', '2'];
+    const json = await run(process.execPath, [...args, '--json'], { timeoutMs: 60_000 });
+    expect(json.code, json.stderr).toBe(0);
+    const report = JSON.parse(json.stdout) as { plain: number; workers: number; calls: number; batches: { batch: number; seconds: number; mode: string }[] };
+    expect(report).toMatchObject({ workers: 2, calls: 4 });
+    // Four calls of 60 ms one after another here.
+    expect(report.plain).toBeGreaterThanOrEqual(0.24);
+    expect(report.batches.map((b) => [b.batch, b.mode])).toEqual([
+      [1, 'pool'],
+      [2, 'pool'],
+    ]);
+    const lines = await run(process.execPath, args, { timeoutMs: 60_000 });
+    expect(lines.code, lines.stderr).toBe(0);
+    expect(lines.stdout).toMatch(/^plain: 4 calls of 60 ms in [0-9.]+ s\nbatch 1: 4 calls in [0-9.]+ s \(on 2 workers\)\nbatch 2: 4 calls in [0-9.]+ s \(on 2 workers\)\n$/);
   });
 });

@@ -38,6 +38,7 @@ describe('the public surface', () => {
       'chunks',
       'definePipeline',
       'defineStage',
+      'offload',
       'startButterfly',
     ]);
     const stages = await import('butterfly/stages');
