@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import { InvalidOptionError } from './errors.js';
 import { type FrontEnd, startFrontEnd } from './front-end.js';
+import { type EventAddresses, EventBus, Events } from './events.js';
 import { Jobs } from './jobs.js';
 import { type Logger, silentLogger } from './logger.js';
 import type { AdminServer, Readiness, StageReadiness, StageSample } from './metrics/index.js';
@@ -26,6 +27,12 @@ export interface ButterflyOptions {
   transport: WorkerTransport;
   /** Start the HTTP front end (false for simulation and programmatic use). Default true. */
   http: boolean;
+  /**
+   * Start the pipeline's event forwarder (default false): stages publish with
+   * `ctx.events.publish(topic, data)`, and `Butterfly.events` publishes and subscribes;
+   * other processes reach it at `Butterfly.eventAddresses`.
+   */
+  events: boolean;
   host: string;
   port: number;
   engine: EngineName;
@@ -72,6 +79,7 @@ const SCHEMA_FIELDS = [
   'workers',
   'transport',
   'http',
+  'events',
   'host',
   'port',
   'engine',
@@ -121,6 +129,10 @@ export interface Butterfly {
   ready(): Readiness;
   /** Process ids of every worker process (empty with thread workers). */
   workerPids(): number[];
+  /** This process's end of the pipeline's events, with `events` on: `publish(topic, data)`, `subscribe(topic, handler)`. */
+  readonly events: Events | undefined;
+  /** Where other processes of this host publish and subscribe (`new Events(addresses)`), with `events` on. */
+  readonly eventAddresses: EventAddresses | undefined;
   /** Graceful: stop accepting, let requests in flight finish (up to `drainTimeoutMs`), then stop everything. Idempotent. */
   close(): Promise<void>;
   /** Immediate: requests in flight are answered 503 and every worker is stopped at once. Idempotent. */
@@ -144,6 +156,8 @@ interface StageWiring {
   readonly stages: LocalStage[];
   /** A socket address in the pipeline's private folder. */
   address(name: string): string;
+  /** Where events are published, told to workers; null without events. */
+  readonly events: string | null;
 }
 
 /**
@@ -188,6 +202,7 @@ async function startStage(w: StageWiring, i: number, desc: PipelineStage, stage:
     onStuck: (label) => pool.kill(label),
     localLoopback: (records) => client.acceptAnswers(records),
     localNext: (records, frame) => stages[i + 1]?.proxy.acceptRecords(records, frame),
+    events: w.events,
     logger: o.logger,
   });
   await proxy.start();
@@ -234,20 +249,26 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
     logger,
   });
   let front: FrontEnd | undefined;
+  const eventAddresses: EventAddresses | undefined = o.events ? { publish: address('events-in'), subscribe: address('events-out') } : undefined;
+  const bus = eventAddresses === undefined ? undefined : new EventBus({ ...eventAddresses, logger });
+  const events = eventAddresses === undefined ? undefined : new Events(eventAddresses);
 
   /** Stops everything; `graceful` lets workers and proxies finish, otherwise they are stopped at once. */
   const stopAll = async (graceful: boolean): Promise<void> => {
     if (front !== undefined) await front.stop();
     else await client.destroy();
+    await events?.close();
     await Promise.all(stages.map((s) => (graceful ? s.pool.close() : s.pool.destroy())));
     await Promise.all(stages.map((s) => (graceful ? s.proxy.close() : s.proxy.destroy())));
+    await bus?.close();
     rmSync(dir, { recursive: true, force: true });
   };
 
   try {
     await client.start();
+    await bus?.start();
     const prepared = await Promise.all(pipeline.stages.map((s) => prepareStage(s.module)));
-    const wiring: StageWiring = { o, client, stages, address };
+    const wiring: StageWiring = { o, client, stages, address, events: eventAddresses?.publish ?? null };
     for (let i = 0; i < prepared.length; i++) {
       // Workers import the prepared module: a TypeScript stage's JavaScript, compiled once here.
       const desc = { ...pipeline.stages[i]!, module: prepared[i]!.module };
@@ -302,6 +323,8 @@ export async function startButterfly(options: Partial<ButterflyOptions> = {}): P
     registry: started.registry,
     ready: started.ready,
     workerPids: () => stages.flatMap((s) => s.pool.pids),
+    events,
+    eventAddresses,
     close,
     destroy,
     [Symbol.asyncDispose]: close,

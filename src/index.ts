@@ -10,12 +10,14 @@
 export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
 export { chunks, type Jobs, type SendOptions, type DistributeOptions, type Settled } from './jobs.js';
 export { offload, type Offloaded, type OffloadMode, type OffloadOptions } from './offload.js';
+export { Events, EventBus, type EventAddresses, type EventHandler, type EventsOptions, type EventBusOptions } from './events.js';
 export {
   defineStage,
   definePipeline,
   HttpRequest,
   type StageDefinition,
   type StageContext,
+  type StageEvents,
   type StageOutcome,
   type ReplyBody,
   type ReplyInit,

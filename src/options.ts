@@ -84,6 +84,7 @@ export const OPTIONS = Object.freeze({
   adminHost: { kind: 'string', default: '127.0.0.1', doc: 'address of the admin port', arg: 'HOST', commands: DAEMONS, section: 'Admin port' },
   metrics: { kind: 'boolean', default: false, doc: 'count requests and stages for the registry even without an admin port' },
 
+  events: { kind: 'boolean', default: false, doc: "start the pipeline's event forwarder: `ctx.events.publish` in stages, `events` to publish and subscribe from code" },
   http: { kind: 'boolean', default: true, doc: 'start the HTTP front end (off for simulation and jobs without HTTP)' },
   host: { kind: 'string', default: '127.0.0.1', doc: 'address to listen on', arg: 'HOST', commands: FRONT, section: 'HTTP front end' },
   port: { kind: 'integer', min: 0, max: 65535, default: 8002, doc: 'port to listen on, 0 for any free one', arg: 'PORT', commands: FRONT, section: 'HTTP front end' },

@@ -6,6 +6,7 @@
  * bodies a client of the daemon sees.
  */
 import { ButterflyError, cancelledError, toErrorRecord } from './errors.js';
+import { checkTopic } from './events.js';
 import { check } from './options.js';
 import { DEADLINE_ERROR, finalAnswer } from './server/index.js';
 import {
@@ -17,6 +18,7 @@ import {
   type ReplyInit,
   type StageContext,
   type StageDefinition,
+  type StageEvents,
   importStage,
   makeReply,
   validatePipeline,
@@ -40,6 +42,8 @@ export interface InjectRequest {
 export interface InjectOptions {
   /** The request's deadline, in ms from now, as the daemon's `requestTimeoutMs`. Default 30000. */
   readonly requestTimeoutMs?: number;
+  /** Told each event a stage publishes through `ctx.events` (otherwise they are dropped, as with no subscriber). */
+  readonly onEvent?: (topic: string, data: unknown) => void;
 }
 
 /** The answer, as a client of the daemon would read it. */
@@ -82,7 +86,7 @@ export async function inject(target: Injectable, request: InjectRequest, options
   let timer: NodeJS.Timeout | undefined;
   try {
     const late = new Promise<Outcome>((resolve) => (timer = setTimeout(() => resolve({ response: null, error: DEADLINE_ERROR }), timeoutMs)));
-    const outcome = await Promise.race([run(steps, data, Date.now() + timeoutMs, running), late]);
+    const outcome = await Promise.race([run(steps, data, Date.now() + timeoutMs, running, options.onEvent), late]);
     const answer = finalAnswer(outcome.response, outcome.error);
     return response(answer.status, answer.headers, answer.body);
   } finally {
@@ -101,14 +105,14 @@ async function stepsOf(target: Injectable): Promise<Step[]> {
   return stages.map((stage, i) => ({ stage, budgetMs: pipeline.stages[i]!.timeoutMs ?? stage.timeoutMs ?? 0 }));
 }
 
-async function run(steps: readonly Step[], data: RequestData, requestDeadline: number, running: Set<Context>): Promise<Outcome> {
+async function run(steps: readonly Step[], data: RequestData, requestDeadline: number, running: Set<Context>, onEvent: InjectOptions['onEvent']): Promise<Outcome> {
   let payload: Value = data;
   for (let i = 0; i < steps.length; i++) {
     const { stage, budgetMs } = steps[i]!;
     const now = Date.now();
     const budget = budgetMs === 0 ? 0 : now + budgetMs;
     const deadline = budget !== 0 && budget < requestDeadline ? budget : requestDeadline;
-    const ctx = new Context(i, deadline);
+    const ctx = new Context(i, deadline, onEvent);
     running.add(ctx);
     let outcome: unknown;
     try {
@@ -158,10 +162,20 @@ class Context implements StageContext {
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout | undefined;
 
+  readonly events: StageEvents;
+
   constructor(
     readonly stage: number,
     readonly deadline: number,
-  ) {}
+    onEvent: InjectOptions['onEvent'],
+  ) {
+    this.events = {
+      publish: (topic, data) => {
+        checkTopic(topic);
+        onEvent?.(topic, data);
+      },
+    };
+  }
 
   get signal(): AbortSignal {
     return this.controller.signal;

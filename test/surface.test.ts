@@ -29,6 +29,8 @@ describe('the public surface', () => {
     expect(Object.keys(root).sort()).toEqual([
       'ButterflyError',
       'ERROR_STATUS',
+      'EventBus',
+      'Events',
       'HttpRequest',
       'InvalidOptionError',
       'RequestData',

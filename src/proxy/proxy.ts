@@ -30,6 +30,7 @@ import {
   type RecordWriter,
   type WireRecord,
 } from '../wire/index.js';
+import { Events } from '../events.js';
 import { Fifo } from '../fifo.js';
 import { JobList, type Linked } from './job-list.js';
 import { LatencyHistogram, type HistogramSnapshot } from '../histogram.js';
@@ -84,6 +85,8 @@ export interface ProxyOptions {
    * loopback is reached as a CURVE client. Undefined (the default): plaintext links.
    */
   security: LinkSecurity | undefined;
+  /** Where the pipeline's events are published, told to workers for `ctx.events`; null (the default) for none. */
+  events: string | null;
   logger: Logger;
 }
 
@@ -97,6 +100,7 @@ export const PROXY_DEFAULTS = Object.freeze({
   localLoopback: undefined,
   localNext: undefined,
   security: undefined,
+  events: null,
   logger: silentLogger,
 });
 
@@ -212,6 +216,8 @@ export class Proxy {
   private prefetched = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private loops: Promise<void>[] = [];
+  /** Publishes the events of this proxy's worker threads, made at the first one. */
+  private events: Events | undefined;
   /** Releases the bound sockets' holds on the ZAP handler (CURVE). */
   private readonly releaseKeys: (() => void)[] = [];
   private accepted = 0;
@@ -375,6 +381,7 @@ export class Proxy {
     this.backend.close();
     this.loopbackSocket?.close();
     for (const release of this.releaseKeys.splice(0)) release();
+    await this.events?.close();
     for (const port of this.ports.values()) port.close();
     this.ports.clear();
     await Promise.all(this.loops);
@@ -561,6 +568,10 @@ export class Proxy {
         worker = this.join(key, link, r);
         continue;
       }
+      if (viaPort && r.kind === Kind.EVENT) {
+        this.publishFor(r);
+        continue;
+      }
       if (viaPort && (r.kind === Kind.RESULT || r.kind === Kind.ERROR)) {
         (answers ??= []).push(r);
         continue;
@@ -669,11 +680,25 @@ export class Proxy {
     const o = this.options;
     const w = link.writer();
     w.begin(Kind.WELCOME, 0, o.stage, 0, 0);
-    writeWelcome(w, { stage: o.stage, next: o.next, loopback: o.loopback, heartbeatMs: o.heartbeatMs, liveness: o.liveness });
+    writeWelcome(w, { stage: o.stage, next: o.next, loopback: o.loopback, heartbeatMs: o.heartbeatMs, liveness: o.liveness, events: o.events });
     w.end();
     this.makeReady(worker);
     this.logger.info({ stage: o.name, worker: label || key, concurrency, window, held }, 'worker joined');
     return worker;
+  }
+
+  /** Publishes an event a worker thread handed over (it holds no socket of its own). */
+  private publishFor(r: WireRecord): void {
+    if (this.options.events === null) return;
+    try {
+      const length = r.payload[0] ?? 0;
+      const topic = r.payload.subarray(1, 1 + length).toString('utf8');
+      this.events ??= new Events({ publish: this.options.events, security: this.options.security });
+      this.events.publishEncoded(topic, r.payload.subarray(1 + length));
+    } catch (err) {
+      this.undecodable++;
+      this.logger.warn({ err, stage: this.options.name }, 'undecodable event from a worker dropped');
+    }
   }
 
   private restore(worker: WorkerEntry | undefined, r: WireRecord, frame: Buffer | undefined): void {

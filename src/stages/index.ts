@@ -7,6 +7,7 @@ export {
   Reply,
   type StageDefinition,
   type StageContext,
+  type StageEvents,
   type StageOutcome,
   type ReplyBody,
   type ReplyInit,

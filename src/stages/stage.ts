@@ -48,6 +48,17 @@ export interface StageContext<Next = Value> {
   next(payload: Next): NextOutcome<Next>;
   /** Answers the client; return what it returns. */
   respond(body?: ReplyBody, init?: ReplyInit): Reply;
+  /** The pipeline's events (see `startButterfly`'s `events`): publish from a stage. */
+  readonly events: StageEvents;
+}
+
+/** What a stage can do with the pipeline's events. */
+export interface StageEvents {
+  /**
+   * Publishes `data` (a JSON value, a string or a Buffer) under `topic`, at most once.
+   * @throws InvalidOptionError for a bad topic, or when the pipeline has no events.
+   */
+  publish(topic: string, data: unknown): void;
 }
 
 /**

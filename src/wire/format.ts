@@ -76,12 +76,18 @@ export const Kind = Object.freeze({
    * Proxy to worker: I do not know you (join again) or, to a leaving worker, you are released.
    */
   BYE: 9,
+  /**
+   * Worker thread to its proxy: an event to publish (see `ctx.events`); payload is a u8
+   * topic length, the topic, then the event's data as the events client encodes it. A
+   * worker thread holds no socket: its proxy's thread publishes for it.
+   */
+  EVENT: 10,
 } as const);
 
 /** The numeric kind of a record. */
 export type KindValue = (typeof Kind)[keyof typeof Kind];
 
-const MAX_KIND = 9;
+const MAX_KIND = 10;
 
 /** Bits of the flags byte. */
 export const Flag = Object.freeze({

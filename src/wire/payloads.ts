@@ -306,6 +306,8 @@ export interface WelcomeConfig {
   readonly heartbeatMs: number;
   /** Missed heartbeats after which the peer counts as dead. */
   readonly liveness: number;
+  /** Where the pipeline's events are published (`ctx.events`), or null when it has none. */
+  readonly events?: string | null;
 }
 
 /** Appends a WELCOME payload. */
@@ -329,7 +331,8 @@ export function readWelcome(payload: Buffer): WelcomeConfig {
     (c.next !== null && typeof c.next !== 'string') ||
     typeof c.loopback !== 'string' ||
     typeof c.heartbeatMs !== 'number' ||
-    typeof c.liveness !== 'number'
+    typeof c.liveness !== 'number' ||
+    (c.events !== undefined && c.events !== null && typeof c.events !== 'string')
   ) {
     throw new WireError('malformed WELCOME');
   }

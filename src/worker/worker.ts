@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import type { MessagePort } from 'node:worker_threads';
-import { ButterflyError, ERROR_STATUS, cancelledError, toErrorRecord } from '../errors.js';
+import { ButterflyError, ERROR_STATUS, InvalidOptionError, cancelledError, toErrorRecord } from '../errors.js';
+import { Events, checkTopic, encodeEvent } from '../events.js';
 import { Fifo } from '../fifo.js';
 import { type Logger, silentLogger } from '../logger.js';
 import { check, checkOptional, defaultsOf, withDefaults } from '../options.js';
-import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, makeReply } from '../stages/index.js';
+import { HttpRequest, NextOutcome, Reply, type ReplyBody, type ReplyInit, type StageContext, type StageDefinition, type StageEvents, makeReply } from '../stages/index.js';
 import {
   Flag,
   IDENTITY_TOKEN_BYTES,
@@ -133,6 +134,29 @@ export class StageWorker {
   private pumpScheduled = false;
   private readonly pumpBound = (): void => this.pump();
   private welcomed: (() => void) | undefined;
+  /** The pipeline's events, made when a WELCOME names where they go. */
+  private events: Events | undefined;
+  private eventsAddress: string | undefined;
+  /** What `ctx.events` does in every job of this worker. */
+  private readonly stageEvents: StageEvents = {
+    publish: (topic, data) => {
+      checkTopic(topic);
+      if ((this.link.config?.events ?? null) === null) throw new InvalidOptionError('events', 'a pipeline started with events', 'none');
+      if (this.events !== undefined) {
+        this.events.publish(topic, data);
+        return;
+      }
+      // A worker thread holds no socket: its proxy's thread publishes for it.
+      const name = Buffer.from(topic, 'utf8');
+      const w = this.link.toProxy.writer;
+      w.begin(Kind.EVENT, 0, this.stageIndex, 0, 0);
+      w.u8(name.length);
+      w.bytes(name);
+      w.bytes(encodeEvent(data));
+      w.end();
+      this.link.toProxy.schedule();
+    },
+  };
   private idle: (() => void) | undefined;
   private released: (() => void) | undefined;
 
@@ -267,6 +291,8 @@ export class StageWorker {
   private async shut(): Promise<void> {
     this.currentState = 'closed';
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    // A worker thread must not end with a socket open.
+    await this.events?.close();
     await this.link.close();
   }
 
@@ -340,11 +366,19 @@ export class StageWorker {
       check('liveness', config.liveness, 'WELCOME liveness');
       check('loopback', config.loopback, 'WELCOME loopback');
       if (config.next !== null) check('next', config.next, 'WELCOME next');
+      if (config.events !== undefined && config.events !== null) check('next', config.events, 'WELCOME events');
     } catch (err) {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
     }
     this.link.configure(config);
+    if ((config.events ?? null) !== (this.eventsAddress ?? null)) {
+      void this.events?.close();
+      // A worker thread (on a port) publishes through its proxy instead (see `stageEvents`).
+      this.events = config.events === undefined || config.events === null || this.options.port !== undefined ? undefined : new Events({ publish: config.events, security: this.options.security });
+      this.events?.connectPublisher();
+      this.eventsAddress = config.events ?? undefined;
+    }
     this.logger.info({ stage: this.stage.name, index: config.stage, concurrency: this.concurrency, prefetch: this.prefetch }, 'worker joined its proxy');
     this.welcomed?.();
     this.welcomed = undefined;
@@ -359,7 +393,7 @@ export class StageWorker {
       return;
     }
     const budget = this.budgetMs === 0 ? 0 : now + this.budgetMs;
-    const job = new Job(r.id, r.stage, r.deadline, budget !== 0 && (r.deadline === 0 || budget < r.deadline) ? budget : r.deadline, r.flags & ~Flag.RETRIED, this.expireBound);
+    const job = new Job(r.id, r.stage, r.deadline, budget !== 0 && (r.deadline === 0 || budget < r.deadline) ? budget : r.deadline, r.flags & ~Flag.RETRIED, this.expireBound, this.stageEvents);
     this.running.set(job.id, job);
     if (job.deadline !== 0) {
       const stuckAfter = job.deadline + this.options.graceMs + WATCHDOG_MARGIN_MS;
@@ -571,6 +605,7 @@ class Job implements StageContext {
     readonly deadline: number,
     readonly flags: number,
     private readonly onDeadline: (job: Job) => void,
+    readonly events: StageEvents,
   ) {}
 
   get signal(): AbortSignal {
