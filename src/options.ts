@@ -149,6 +149,11 @@ export const OPTIONS = Object.freeze({
   backend: { kind: 'endpoint', doc: '(proxy) where its workers connect (bound)', arg: 'ADDR', commands: ['proxy'], section: 'Split mode, server and proxy' },
   next: { kind: 'endpoint', defaultText: 'none: the last stage', doc: "(proxy) the next stage's --frontend", arg: 'ADDR', commands: ['proxy'], section: 'Split mode, server and proxy' },
   name: { kind: 'string', defaultText: 'stage-I', doc: "(proxy) the stage's name in logs and metrics", arg: 'NAME', commands: ['proxy'], section: 'Split mode, server and proxy' },
+  eventsPublish: {
+    kind: 'endpoint', defaultText: 'none: no events', arg: 'ADDR', commands: ['server', 'proxy'], section: 'Split mode, server and proxy',
+    doc: "events: the server binds it, and publishers (the proxies' workers, any Events client) send there; a proxy tells its workers to",
+  },
+  eventsSubscribe: { kind: 'endpoint', defaultText: 'none', doc: '(server) events: subscribers (Events clients) connect here', arg: 'ADDR', commands: ['server'], section: 'Split mode, server and proxy' },
   idempotent: { kind: 'boolean', default: false, doc: '(proxy) re-send once a job whose worker died, instead of 502', commands: ['proxy'], section: 'Split mode, server and proxy' },
   stage: { kind: 'file', expect: 'a module path or a built-in stage name', doc: 'the stage: a built-in name or a module whose default export is the stage', arg: 'NAME|FILE', commands: ['worker'], section: 'Worker' },
   connect: { kind: 'endpoint', doc: "the stage proxy's --backend", arg: 'ADDR', commands: ['worker'], section: 'Worker' },

@@ -1,11 +1,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { EventBus, Events, InvalidOptionError, defineStage } from '../dist/index.js';
 import { inject } from '../dist/testing.js';
-import { fixture, start, tempDirs } from './helpers.js';
-import { pollUntil } from './split-helpers.js';
+import { fixture, request, start, tempDirs } from './helpers.js';
+import { Procs, pollUntil, portOf } from './split-helpers.js';
 
 const tempDir = tempDirs('bf-events-');
+const procs = new Procs();
+afterEach(async () => {
+  await procs.killAll();
+});
 
 interface Seen {
   topic: string;
@@ -116,5 +120,36 @@ describe('events', () => {
     expect(published).toHaveLength(1);
     await using bf = await start({ http: false, workers: 1, pipeline: { stages: [{ module: fixture('event-stage.js') }] } });
     await expect(bf.jobs.send({ n: 1 })).rejects.toMatchObject({ status: 500, message: expect.stringContaining('events') });
+  });
+});
+
+describe('events in split mode', () => {
+  it('go from a worker daemon through the server\'s forwarder to a subscriber process', async () => {
+    const dir = tempDir();
+    const addr = (name: string): string => `ipc://${dir}/${name}`;
+    const server = procs.start('server', ['server', '--port', '0', '--loopback', addr('loopback'), '--stages', addr('stage-0'), '--events-publish', addr('events-in'), '--events-subscribe', addr('events-out')]);
+    const proxy = procs.start('proxy', ['proxy', '--stage-index', '0', '--frontend', addr('stage-0'), '--backend', addr('workers'), '--loopback', addr('loopback'), '--events-publish', addr('events-in')]);
+    const worker = procs.start('worker', ['worker', '--stage', fixture('event-stage.js'), '--connect', addr('workers')]);
+    const port = await portOf(server, 'listening');
+    await proxy.waitFor((l) => l.msg === 'proxy started');
+    await worker.waitFor((l) => l.msg === 'worker joined its proxy');
+    const sub = subscriber(addr('events-out'), ['jobs.done']);
+    try {
+      // The subscription and the worker's own link are up once one event gets through.
+      await pollUntil('an event through the forwarder', async () => ((await request(port, '/')).status === 200 && sub.seen.length > 0 ? true : undefined));
+      const before = sub.seen.length;
+      for (let i = 0; i < 3; i++) expect((await request(port, '/')).status).toBe(200);
+      await pollUntil('three more events', async () => (sub.seen.length >= before + 3 ? true : undefined));
+      expect(sub.seen.every((s) => s.topic === 'jobs.done')).toBe(true);
+    } finally {
+      sub.child.kill('SIGTERM');
+    }
+  });
+
+  it('refuses --events-publish without --events-subscribe on the server, naming both', async () => {
+    const dir = tempDir();
+    const server = procs.start('server', ['server', '--port', '0', '--loopback', `ipc://${dir}/l`, '--stages', `ipc://${dir}/s`, '--events-publish', `ipc://${dir}/e`]);
+    expect(await server.exited).toBe(2);
+    expect(server.output()).toContain('--events-publish and --events-subscribe go together');
   });
 });

@@ -1,9 +1,29 @@
+import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { run, tempDirs } from './helpers.js';
+import { pollUntil } from './split-helpers.js';
 
 const DIGITS = fileURLToPath(new URL('../examples/digits/digits.js', import.meta.url));
 const OFFLOAD = fileURLToPath(new URL('../examples/offload/offload.js', import.meta.url));
+const APP = fileURLToPath(new URL('../examples/webapp/app.js', import.meta.url));
+const WATCHER = fileURLToPath(new URL('../examples/webapp/watcher.js', import.meta.url));
+
+/** A child process and the JSON lines it printed so far. */
+function lines(child: ChildProcess): unknown[] {
+  const out: unknown[] = [];
+  let pending = '';
+  child.stdout!.on('data', (c: Buffer) => {
+    pending += c.toString();
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line.startsWith('{')) out.push(JSON.parse(line));
+    }
+  });
+  return out;
+}
 const tempDir = tempDirs('bf-examples-');
 
 interface DigitsReport {
@@ -58,5 +78,36 @@ describe('examples/offload', () => {
     const lines = await run(process.execPath, args, { timeoutMs: 60_000 });
     expect(lines.code, lines.stderr).toBe(0);
     expect(lines.stdout).toMatch(/^plain: 4 calls of 60 ms in [0-9.]+ s\nbatch 1: 4 calls in [0-9.]+ s \(on 2 workers\)\nbatch 2: 4 calls in [0-9.]+ s \(on 2 workers\)\n$/);
+  });
+});
+
+describe('examples/webapp', () => {
+  it('places orders through its route as jobs, and another process watching sees each worker\'s event', async () => {
+    const app = spawn(process.execPath, [APP, '--port', '0', '--workers', '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const appLines = lines(app);
+    let watcher: ChildProcess | undefined;
+    try {
+      const { port, events } = (await pollUntil('the app to be ready', async () => appLines.find((l) => typeof (l as { port?: unknown }).port === 'number'))) as { port: number; events: string };
+      watcher = spawn(process.execPath, [WATCHER, events], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const seen = lines(watcher) as { id: string; item: string; quantity: number }[];
+      const order = async (body: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
+        const res = await fetch(`http://127.0.0.1:${port}/orders`, { method: 'POST', body: JSON.stringify(body) });
+        return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+      };
+      // The watcher's subscription reaches the workers a moment after it starts: order until it sees one.
+      await pollUntil('the watcher to see an order', async () => ((await order({ item: 'warm-up' })).status === 201 && seen.length > 0 ? true : undefined));
+      const placed = await Promise.all(['tea', 'cake', 'jam'].map((item, i) => order({ item, quantity: i + 1 })));
+      expect(placed.map((p) => p.status)).toEqual([201, 201, 201]);
+      expect(placed.map((p) => [p.body.item, p.body.quantity])).toEqual([['tea', 1], ['cake', 2], ['jam', 3]]);
+      const ids = placed.map((p) => p.body.id as string);
+      await pollUntil('the three events', async () => (ids.every((id) => seen.some((s) => s.id === id)) ? true : undefined));
+      expect(seen.filter((s) => ids.includes(s.id)).map((s) => s.item).sort()).toEqual(['cake', 'jam', 'tea']);
+      expect(await order({ quantity: 2 })).toEqual({ status: 400, body: { error: 'BF_ERR_BAD_REQUEST', message: 'an order needs an item' } });
+    } finally {
+      watcher?.kill('SIGTERM');
+      const exited = new Promise<number | null>((resolve) => app.once('exit', resolve));
+      app.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    }
   });
 });

@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { pino } from 'pino';
 import { type ButterflyOptions, startButterfly } from '../embedded.js';
 import { InvalidOptionError } from '../errors.js';
+import { EventBus } from '../events.js';
 import { startFrontEnd } from '../front-end.js';
 import type { Logger } from '../logger.js';
 import { type Readiness, type StageSample, StageBoard, StageReporter, createRegistry, AdminServer } from '../metrics/index.js';
@@ -258,7 +259,9 @@ export async function server(s: Settings): Promise<void> {
   const stages = required(s, 'stages', 'server');
   const { logger } = makeLogger(s, 'server', 'server');
   const maxBytes = maxMessageBytes(s, 'server', true);
-  const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats]], logger);
+  const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats], ['eventsPublish', s.eventsPublish], ['eventsSubscribe', s.eventsSubscribe]], logger);
+  if ((s.eventsPublish === undefined) !== (s.eventsSubscribe === undefined)) throw new UsageError('server: --events-publish and --events-subscribe go together (the event forwarder binds both)');
+  const bus = s.eventsPublish === undefined || s.eventsSubscribe === undefined ? undefined : new EventBus({ publish: s.eventsPublish, subscribe: s.eventsSubscribe, security, logger });
   const client = new PipelineClient({
     loopback,
     stages,
@@ -271,6 +274,7 @@ export async function server(s: Settings): Promise<void> {
   const board = s.stats === undefined ? undefined : new StageBoard({ address: s.stats, stages: stages.length, maxMessageBytes: maxBytes, security, logger });
   await client.start();
   await board?.start();
+  await bus?.start();
   const front = await startFrontEnd({
     client,
     http: true,
@@ -285,10 +289,11 @@ export async function server(s: Settings): Promise<void> {
     stageReadiness: () => board?.readiness() ?? [],
     logger,
   });
-  logger.info({ loopback, stages, stats: s.stats }, 'server started');
+  logger.info({ loopback, stages, stats: s.stats, events: s.eventsPublish }, 'server started');
   onSignals(async () => {
     await front.drain(get(s, 'drainTimeoutMs', 'server'));
     await board?.close();
+    await bus?.close();
     // Connections still open a second after the rest is answered are left to the exit.
     await front.stop(1000);
     logger.info({}, 'closed');
@@ -313,6 +318,7 @@ export async function proxy(s: Settings): Promise<void> {
     backend,
     next: s.next ?? null,
     loopback,
+    events: s.eventsPublish ?? null,
     maxMessageBytes: maxBytes,
     maxQueue: get(s, 'maxQueue', 'proxy'),
     maxQueueBytes: get(s, 'maxQueueBytes', 'proxy'),

@@ -69,6 +69,8 @@ export interface Settings {
   backend?: string;
   next?: string;
   name?: string;
+  eventsPublish?: string;
+  eventsSubscribe?: string;
   idempotent?: boolean;
   stage?: FileRef;
   connect?: string;
