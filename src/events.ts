@@ -8,7 +8,7 @@ import * as zmq from 'zeromq';
 import { InvalidOptionError } from './errors.js';
 import { type Logger, silentLogger } from './logger.js';
 import { check } from './options.js';
-import { type LinkSecurity, SEND_TIMEOUT_MS, secureClient, secureServer } from './wire/index.js';
+import { type LinkSecurity, SEND_TIMEOUT_MS, receiveEach, secureClient, secureServer } from './wire/index.js';
 
 /** Where a pipeline's events go: publishers connect to `publish`, subscribers to `subscribe`. */
 export interface EventAddresses {
@@ -198,7 +198,7 @@ export class Events {
       this.subscriber.receiveHighWaterMark = EVENT_HIGH_WATER_MARK;
       secureClient(this.subscriber, this.options.security);
       this.subscriber.connect(this.options.subscribe);
-      this.loop = this.receive(this.subscriber);
+      this.loop = receiveEach(this.subscriber, (frames) => this.onEvent(frames), silentLogger, 'events');
     }
     let set = this.handlers.get(topic);
     if (set === undefined) {
@@ -260,32 +260,24 @@ export class Events {
     }
   }
 
-  private async receive(socket: zmq.Subscriber): Promise<void> {
-    for (;;) {
-      let frames: Buffer[];
+  private onEvent(frames: Buffer[]): void {
+    const [topicFrame, dataFrame] = frames;
+    if (topicFrame === undefined || dataFrame === undefined || dataFrame.length === 0) return;
+    // ZeroMQ matches topics by prefix: only the exact topic's handlers are called.
+    const topic = topicFrame.toString('utf8');
+    const set = this.handlers.get(topic);
+    if (set === undefined) return;
+    let data: unknown;
+    try {
+      data = decode(dataFrame);
+    } catch {
+      return;
+    }
+    for (const handler of set) {
       try {
-        frames = await socket.receive();
+        handler(data, topic);
       } catch {
-        return;
-      }
-      const [topicFrame, dataFrame] = frames;
-      if (topicFrame === undefined || dataFrame === undefined || dataFrame.length === 0) continue;
-      // ZeroMQ matches topics by prefix: only the exact topic's handlers are called.
-      const topic = topicFrame.toString('utf8');
-      const set = this.handlers.get(topic);
-      if (set === undefined) continue;
-      let data: unknown;
-      try {
-        data = decode(dataFrame);
-      } catch {
-        continue;
-      }
-      for (const handler of set) {
-        try {
-          handler(data, topic);
-        } catch {
-          // A handler's failure is its own; the others still get the event.
-        }
+        // A handler's failure is its own; the others still get the event.
       }
     }
   }
