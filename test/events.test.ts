@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EventBus, Events, InvalidOptionError, defineStage } from '../dist/index.js';
 import { inject } from '../dist/testing.js';
-import { fixture, request, start, tempDirs } from './helpers.js';
+import { fixture, jsonLines, request, start, tempDirs } from './helpers.js';
 import { Procs, pollUntil, portOf } from './split-helpers.js';
 
 const tempDir = tempDirs('bf-events-');
@@ -19,17 +19,7 @@ interface Seen {
 /** A subscriber process, and the events it printed so far. */
 function subscriber(address: string, topics: string[]): { child: ChildProcess; seen: Seen[] } {
   const child = spawn(process.execPath, [new URL(fixture('event-subscriber.js')).pathname, address, ...topics], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const seen: Seen[] = [];
-  let pending = '';
-  child.stdout!.on('data', (chunk: Buffer) => {
-    pending += chunk.toString();
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      seen.push(JSON.parse(pending.slice(0, nl)) as Seen);
-      pending = pending.slice(nl + 1);
-    }
-  });
-  return { child, seen };
+  return { child, seen: jsonLines(child) as Seen[] };
 }
 
 /**

@@ -1,29 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { run, tempDirs } from './helpers.js';
+import { jsonLines, run, tempDirs } from './helpers.js';
 import { pollUntil } from './split-helpers.js';
 
 const DIGITS = fileURLToPath(new URL('../examples/digits/digits.js', import.meta.url));
 const OFFLOAD = fileURLToPath(new URL('../examples/offload/offload.js', import.meta.url));
 const APP = fileURLToPath(new URL('../examples/webapp/app.js', import.meta.url));
 const WATCHER = fileURLToPath(new URL('../examples/webapp/watcher.js', import.meta.url));
-
-/** A child process and the JSON lines it printed so far. */
-function lines(child: ChildProcess): unknown[] {
-  const out: unknown[] = [];
-  let pending = '';
-  child.stdout!.on('data', (c: Buffer) => {
-    pending += c.toString();
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      if (line.startsWith('{')) out.push(JSON.parse(line));
-    }
-  });
-  return out;
-}
 const tempDir = tempDirs('bf-examples-');
 
 interface DigitsReport {
@@ -84,12 +68,12 @@ describe('examples/offload', () => {
 describe('examples/webapp', () => {
   it('places orders through its route as jobs, and another process watching sees each worker\'s event', async () => {
     const app = spawn(process.execPath, [APP, '--port', '0', '--workers', '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const appLines = lines(app);
+    const appLines = jsonLines(app);
     let watcher: ChildProcess | undefined;
     try {
       const { port, events } = (await pollUntil('the app to be ready', async () => appLines.find((l) => typeof (l as { port?: unknown }).port === 'number'))) as { port: number; events: string };
       watcher = spawn(process.execPath, [WATCHER, events], { stdio: ['ignore', 'pipe', 'inherit'] });
-      const seen = lines(watcher) as { id: string; item: string; quantity: number }[];
+      const seen = jsonLines(watcher) as { id: string; item: string; quantity: number }[];
       const order = async (body: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
         const res = await fetch(`http://127.0.0.1:${port}/orders`, { method: 'POST', body: JSON.stringify(body) });
         return { status: res.status, body: (await res.json()) as Record<string, unknown> };

@@ -193,3 +193,19 @@ export function cmdline(pid: number): string {
     return '';
   }
 }
+
+/** The JSON lines a child process prints on stdout, parsed, as they come (other lines are skipped). */
+export function jsonLines(child: ChildProcess): unknown[] {
+  const out: unknown[] = [];
+  let pending = '';
+  child.stdout!.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line.startsWith('{')) out.push(JSON.parse(line));
+    }
+  });
+  return out;
+}
