@@ -8,7 +8,7 @@
  * is_prime demo is `butterfly/stages`.
  */
 export { startButterfly, type Butterfly, type ButterflyOptions } from './embedded.js';
-export { chunks, type Jobs, type SendOptions, type DistributeOptions, type Settled } from './jobs.js';
+export { chunks, connectPipeline, type ConnectOptions, type PipelineConnection, type Jobs, type SendOptions, type DistributeOptions, type Settled } from './jobs.js';
 export { offload, type Offloaded, type OffloadMode, type OffloadOptions } from './offload.js';
 export { Events, EventBus, type EventAddresses, type EventHandler, type EventsOptions, type EventBusOptions } from './events.js';
 export {

@@ -1,8 +1,9 @@
 import { createReadStream } from 'node:fs';
 import { ButterflyError, type ErrorCode, cancelledError } from './errors.js';
 import { check } from './options.js';
-import type { PipelineClient } from './server/index.js';
-import type { ErrorData, ResponseData, Value } from './wire/index.js';
+import type { Logger } from './logger.js';
+import { PipelineClient } from './server/index.js';
+import type { ErrorData, LinkSecurity, ResponseData, Value } from './wire/index.js';
 
 /**
  * Jobs without HTTP, on the same pipeline as the front end: `send` one job and await its
@@ -206,4 +207,58 @@ export async function* chunks(input: string | URL | Iterable<Buffer | string> | 
     }
   }
   if (held > 0) yield Buffer.concat(parts, held);
+}
+
+/** Options of `connectPipeline`. */
+export interface ConnectOptions {
+  /** Frontend addresses of every stage's proxy, in order (the server's `--stages`). */
+  readonly stages: string[];
+  /** The answer hub of the client that binds the pipeline's loopback (the server's `--clients`). */
+  readonly via: string;
+  /** True when every stage is idempotent: `send` may then retry a job whose worker died. Default false. */
+  readonly idempotent?: boolean;
+  /** Time to each answer, in ms, unless a job says otherwise. Default 30000. */
+  readonly requestTimeoutMs?: number;
+  /** Jobs in flight at most. Default 10000. */
+  readonly maxInFlight?: number;
+  /** CURVE keys, when the pipeline's links have them. */
+  readonly security?: LinkSecurity;
+  readonly logger?: Logger;
+}
+
+/** A client of a pipeline that runs elsewhere (another process or host). */
+export interface PipelineConnection {
+  readonly client: PipelineClient;
+  /** `send` and `distribute`, as `Butterfly.jobs`. */
+  readonly jobs: Jobs;
+  /** Waits for the jobs in flight, then closes. Idempotent. */
+  close(): Promise<void>;
+  /** Answers the jobs in flight 503 at once and closes. Idempotent. */
+  destroy(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Joins a running pipeline as one more client beside its HTTP server: jobs go straight to
+ * stage 1's proxy, and their answers come back through the server's answer hub (`via`,
+ * the server's `--clients`), never anyone else's.
+ * @throws InvalidOptionError for a bad option.
+ */
+export async function connectPipeline(options: ConnectOptions): Promise<PipelineConnection> {
+  const client = new PipelineClient({
+    stages: options.stages,
+    via: options.via,
+    ...(options.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: options.requestTimeoutMs }),
+    ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight }),
+    ...(options.security === undefined ? {} : { security: options.security }),
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+  });
+  await client.start();
+  return {
+    client,
+    jobs: new Jobs(client, options.idempotent === true),
+    close: () => client.close(),
+    destroy: () => client.destroy(),
+    [Symbol.asyncDispose]: () => client.close(),
+  };
 }

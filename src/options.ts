@@ -153,6 +153,10 @@ export const OPTIONS = Object.freeze({
     kind: 'endpoint', defaultText: 'none: no events', arg: 'ADDR', commands: ['server', 'proxy'], section: 'Split mode, server and proxy',
     doc: "events: the server binds it, and publishers (the proxies' workers, any Events client) send there; a proxy tells its workers to",
   },
+  clients: {
+    kind: 'endpoint', defaultText: 'none', arg: 'ADDR', commands: ['server'], section: 'Split mode, server and proxy',
+    doc: '(server) other clients of the pipeline (connectPipeline) get their answers here; the server passes them on from its loopback',
+  },
   eventsSubscribe: { kind: 'endpoint', defaultText: 'none', doc: '(server) events: subscribers (Events clients) connect here', arg: 'ADDR', commands: ['server'], section: 'Split mode, server and proxy' },
   idempotent: { kind: 'boolean', default: false, doc: '(proxy) re-send once a job whose worker died, instead of 502', commands: ['proxy'], section: 'Split mode, server and proxy' },
   stage: { kind: 'file', expect: 'a module path or a built-in stage name', doc: 'the stage: a built-in name or a module whose default export is the stage', arg: 'NAME|FILE', commands: ['worker'], section: 'Worker' },

@@ -38,6 +38,7 @@ describe('the public surface', () => {
       'UwsUnavailableError',
       'WorkerStartError',
       'chunks',
+      'connectPipeline',
       'definePipeline',
       'defineStage',
       'offload',

@@ -259,13 +259,14 @@ export async function server(s: Settings): Promise<void> {
   const stages = required(s, 'stages', 'server');
   const { logger } = makeLogger(s, 'server', 'server');
   const maxBytes = maxMessageBytes(s, 'server', true);
-  const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats], ['eventsPublish', s.eventsPublish], ['eventsSubscribe', s.eventsSubscribe]], logger);
+  const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats], ['eventsPublish', s.eventsPublish], ['eventsSubscribe', s.eventsSubscribe], ['clients', s.clients]], logger);
   if ((s.eventsPublish === undefined) !== (s.eventsSubscribe === undefined)) throw new UsageError('server: --events-publish and --events-subscribe go together (the event forwarder binds both)');
   const bus = s.eventsPublish === undefined || s.eventsSubscribe === undefined ? undefined : new EventBus({ publish: s.eventsPublish, subscribe: s.eventsSubscribe, security, logger });
   const client = new PipelineClient({
     loopback,
     stages,
     security,
+    hub: s.clients,
     maxMessageBytes: maxBytes,
     maxInFlight: get(s, 'maxInFlight', 'server'),
     requestTimeoutMs: get(s, 'requestTimeoutMs', 'server'),

@@ -70,6 +70,7 @@ export interface Settings {
   next?: string;
   name?: string;
   eventsPublish?: string;
+  clients?: string;
   eventsSubscribe?: string;
   idempotent?: boolean;
   stage?: FileRef;

@@ -16,6 +16,7 @@ import {
   decodeRecords,
   readError,
   readResponse,
+  prefixOf,
   receiveEach,
   secureClient,
   secureServer,
@@ -27,6 +28,10 @@ import {
   type Value,
   type WireRecord,
 } from '../wire/index.js';
+import { AnswerHub } from './hub.js';
+
+/** How often a client that gets its answers through a hub (`via`) registers again, in ms. */
+const REGISTER_EVERY_MS = 1000;
 
 /** Options of a pipeline client. */
 export interface PipelineClientOptions {
@@ -51,6 +56,18 @@ export interface PipelineClientOptions {
    * as a CURVE client. Undefined (the default): plaintext links.
    */
   security: LinkSecurity | undefined;
+  /**
+   * An address to bind for the pipeline's other clients (see `via`): answers to their
+   * requests reach this client's loopback, and it passes them on. Default none.
+   */
+  hub: string | undefined;
+  /**
+   * Another client's `hub`: this client binds no loopback and gets its answers through
+   * that hub (the pipeline's loopback is the other client's), so that any number of
+   * clients, here or on other hosts, share one pipeline, each with only its own answers.
+   * `loopback` is then unused. Default none.
+   */
+  via: string | undefined;
   logger: Logger;
 }
 
@@ -59,6 +76,8 @@ export const CLIENT_DEFAULTS = Object.freeze({
   ...(defaultsOf(['maxInFlight', 'requestTimeoutMs', 'maxMessageBytes']) as Pick<PipelineClientOptions, 'maxInFlight' | 'requestTimeoutMs' | 'maxMessageBytes'>),
   localStages: undefined,
   security: undefined,
+  hub: undefined,
+  via: undefined,
   logger: silentLogger,
 });
 
@@ -91,7 +110,10 @@ export class PipelineClient {
   private lifecycle: 'starting' | 'running' | 'draining' | 'closed' = 'starting';
   private readonly options: PipelineClientOptions;
   private readonly logger: Logger;
-  private readonly loopback = new zmq.Pull();
+  /** Where answers come in: the pipeline's loopback (PULL, bound), or a DEALER to another client's hub (`via`). */
+  private readonly loopback: zmq.Pull | zmq.Dealer;
+  private readonly hub: AnswerHub | undefined;
+  private registerTimer: NodeJS.Timeout | undefined;
   private readonly stageSockets: zmq.Push[];
   private readonly toStages: RecordSink[];
   /** This client's request ids are `idPrefix * 2^32 + counter`: other clients of the pipeline have other prefixes. */
@@ -107,16 +129,21 @@ export class PipelineClient {
   /** Releases the loopback's hold on the ZAP handler (CURVE). */
   private releaseKeys: () => void = () => {};
 
-  constructor(options: Partial<PipelineClientOptions> & Pick<PipelineClientOptions, 'loopback' | 'stages'>) {
+  constructor(options: Partial<PipelineClientOptions> & Pick<PipelineClientOptions, 'stages'> & ({ loopback: string } | { via: string })) {
     const o = withDefaults<PipelineClientOptions>(CLIENT_DEFAULTS as PipelineClientOptions, options);
-    check('loopback', o.loopback);
+    if (o.via === undefined) check('loopback', o.loopback);
+    else check('loopback', o.via, 'via');
+    if (o.hub !== undefined) check('loopback', o.hub, 'hub');
+    if (o.hub !== undefined && o.via !== undefined) throw new InvalidOptionError('hub', 'unset on a client that gets its answers through another hub (via)', o.hub);
     check('stages', o.stages);
     check('maxInFlight', o.maxInFlight);
     check('requestTimeoutMs', o.requestTimeoutMs);
     this.options = o;
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
+    this.loopback = o.via === undefined ? new zmq.Pull() : new zmq.Dealer();
     configureSocket(this.loopback, link);
+    this.hub = o.hub === undefined ? undefined : new AnswerHub({ address: o.hub, maxMessageBytes: o.maxMessageBytes, security: o.security, logger: o.logger });
     const local = o.localStages;
     if (local !== undefined) {
       if (local.length !== o.stages.length) throw new InvalidOptionError('localStages', `one function per stage (${o.stages.length})`, local.length);
@@ -135,8 +162,17 @@ export class PipelineClient {
 
   /** Binds the loopback and connects to the stages. */
   async start(): Promise<void> {
-    this.releaseKeys = await secureServer(this.loopback, this.options.security, this.logger);
-    await this.loopback.bind(this.options.loopback);
+    if (this.options.via !== undefined) {
+      secureClient(this.loopback, this.options.security);
+      this.loopback.connect(this.options.via);
+      this.register();
+      this.registerTimer = setInterval(() => this.register(), REGISTER_EVERY_MS);
+      this.registerTimer.unref();
+    } else {
+      this.releaseKeys = await secureServer(this.loopback, this.options.security, this.logger);
+      await this.loopback.bind(this.options.loopback);
+    }
+    await this.hub?.start();
     this.stageSockets.forEach((s, i) => s.connect(this.options.stages[i]!));
     this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'loopback');
     const every = Math.max(5, Math.min(100, Math.floor(this.options.requestTimeoutMs / 10)));
@@ -258,8 +294,10 @@ export class PipelineClient {
     this.pending.clear();
     for (const p of pending) this.deliver(p, null, err ?? CLOSED_ERROR);
     this.checkDrained();
+    if (this.registerTimer !== undefined) clearInterval(this.registerTimer);
     this.loopback.close();
     this.releaseKeys();
+    await this.hub?.close();
     for (const s of this.stageSockets) s.close();
     await this.loop;
   }
@@ -270,6 +308,17 @@ export class PipelineClient {
       outbox.writer.empty(Kind.CANCEL, i, id);
       outbox.schedule();
     }
+  }
+
+  /** Tells the hub (`via`) which answers are this client's; repeated, since a hub forgets a silent client. */
+  private register(): void {
+    const dealer = this.loopback as zmq.Dealer;
+    const w = new RecordWriter(64);
+    w.begin(Kind.CLIENT, 0, 0, 0, 0);
+    w.u32(this.idPrefix);
+    w.end();
+    // A full queue (no hub yet) drops it: the next one goes a second later.
+    dealer.send(w.take()).catch(() => {});
   }
 
   private onLoopback(frames: Buffer[]): void {
@@ -288,6 +337,8 @@ export class PipelineClient {
   acceptAnswers(records: WireRecord[]): void {
     for (const r of records) {
       if (r.kind !== Kind.RESULT && r.kind !== Kind.ERROR) continue;
+      // Another client's answer goes on to it through the hub.
+      if (this.hub !== undefined && prefixOf(r.id) !== this.idPrefix && this.hub.forward(r)) continue;
       const p = this.pending.get(r.id);
       if (p === undefined) {
         this.unmatchedCount++;

@@ -38,6 +38,11 @@ export const MAX_ID_PREFIX = 0x1fffff;
 
 const TWO_32 = 0x100000000;
 
+/** The client prefix of a request id (see `requestId`). */
+export function prefixOf(id: number): number {
+  return Math.floor(id / TWO_32);
+}
+
 /** The request id of a client's `prefix` (1 to `MAX_ID_PREFIX`) and `counter` (a u32). */
 export function requestId(prefix: number, counter: number): number {
   return prefix * TWO_32 + counter;
@@ -82,12 +87,18 @@ export const Kind = Object.freeze({
    * worker thread holds no socket: its proxy's thread publishes for it.
    */
   EVENT: 10,
+  /**
+   * Pipeline client to the answer hub of the pipeline's loopback (see `PipelineClient`'s
+   * `hub` and `via`): send me the answers to the ids of my prefix. Payload: u32 prefix. A
+   * client repeats it every second; the hub forgets one silent for five.
+   */
+  CLIENT: 11,
 } as const);
 
 /** The numeric kind of a record. */
 export type KindValue = (typeof Kind)[keyof typeof Kind];
 
-const MAX_KIND = 10;
+const MAX_KIND = 11;
 
 /** Bits of the flags byte. */
 export const Flag = Object.freeze({

@@ -7,6 +7,7 @@ export {
   HEADER_BYTES,
   MAX_ID_PREFIX,
   requestId,
+  prefixOf,
   LARGE_RECORD_BYTES,
   Kind,
   Flag,
