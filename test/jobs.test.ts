@@ -87,6 +87,42 @@ describe('jobs from code: distribute', () => {
   });
 });
 
+describe('jobs from code: worker deaths', () => {
+  const IDEMPOTENT = { stages: [{ module: fixture('job-stage-idempotent.js') }] };
+
+  it('answers a job of an idempotent stage whose worker is killed under it, from another worker', async () => {
+    await using bf = await start({ http: false, workers: 2, transport: 'process', pipeline: IDEMPOTENT });
+    const mark = markFile();
+    const sent = bf.jobs.send({ op: 'hold', ms: 800, mark });
+    const victim = Number((await markOf(mark, '')).split(' ')[1]);
+    process.kill(victim, 'SIGKILL');
+    const answer = (await sent) as { pid: number };
+    expect(answer.pid).not.toBe(victim);
+  });
+
+  it('distributes 10,000 items in order, reading them only as fast as it sends them, while a worker crashes among them', async () => {
+    await using bf = await start({ http: false, workers: 2, transport: 'process', pipeline: IDEMPOTENT });
+    const mark = markFile();
+    let mostInFlight = 0;
+    const items = function* (): Generator<{ op: string; n: number; mark?: string }> {
+      for (let n = 0; n < 10_000; n++) {
+        mostInFlight = Math.max(mostInFlight, bf.client.inFlight);
+        yield n === 5000 ? { op: 'crash', n, mark } : { op: 'double', n };
+      }
+    };
+    let n = 0;
+    for await (const r of bf.jobs.distribute(items(), { concurrency: 16 })) {
+      // The crashed worker's job is sent once more by its proxy (the stage is idempotent), to a live worker.
+      expect(r).toEqual({ ok: true, value: { doubled: 2 * n } });
+      n++;
+    }
+    expect(n).toBe(10_000);
+    expect(readFileSync(mark, 'utf8')).toMatch(/^crashed \d+$/);
+    // What the batch holds is bounded by what is in flight, not by its length.
+    expect(mostInFlight).toBeLessThanOrEqual(16);
+  });
+});
+
 describe('jobs from code: scatter-gather', () => {
   it('cuts a file into fixed-size chunks without reading it whole, sums each in the pipeline, and merges the parts to the plain sum', async () => {
     await using bf = await start({ http: false, workers: 2, pipeline: { stages: [{ module: fixture('digit-sum.js') }] } });
