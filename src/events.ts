@@ -162,7 +162,8 @@ export class Events {
   /**
    * Publishes `data` (a JSON value, a string or a Buffer) under `topic`, at most once: it
    * reaches the subscribers of the topic connected at the time, and no one else.
-   * @throws InvalidOptionError for a bad topic, or without a `publish` address.
+   * @throws InvalidOptionError for a bad topic, or without a `publish` address; TypeError
+   *   for data JSON cannot carry (a BigInt, a cycle).
    */
   publish(topic: string, data: unknown): void {
     checkTopic(topic);
@@ -192,6 +193,7 @@ export class Events {
   subscribe(topic: string, handler: EventHandler): () => void {
     checkTopic(topic);
     if (this.options.subscribe === undefined) throw new InvalidOptionError('events.subscribe', 'the address events are received from', undefined);
+    if (this.closed) return () => {};
     if (this.subscriber === undefined) {
       this.subscriber = new zmq.Subscriber();
       this.subscriber.linger = 0;

@@ -1,14 +1,9 @@
 import type { Registry } from 'prom-client';
 import type { Logger } from './logger.js';
 import { AdminServer, HttpMetrics, type Readiness, type StageReadiness, type StageSample, createRegistry } from './metrics/index.js';
-import { ButterflyServer, type PipelineClient, type ServerOptions } from './server/index.js';
+import { ButterflyServer, DRAIN_IDLE_GRACE_MS, type PipelineClient, type ServerOptions } from './server/index.js';
 
-/**
- * How long a drain waits, once every request is answered, for requests that may still be
- * on their way on kept-alive connections, in ms (a new one restarts the wait). The same as
- * the node engine's grace for idle connections.
- */
-const DRAIN_QUIET_MS = 200;
+
 
 /**
  * The front of a pipeline, the same in one process tree and in split mode: the pipeline
@@ -87,16 +82,19 @@ export async function startFrontEnd(o: FrontEndOptions): Promise<FrontEnd> {
   }
   let serverClosed: Promise<void> | undefined;
   /**
-   * Every request answered, and none come for `DRAIN_QUIET_MS`: a client may have sent a
+   * Every request answered, and none come for `DRAIN_IDLE_GRACE_MS` (the node engine's
+   * grace for idle connections, the same wait): a client may have sent a
    * request on a kept-alive connection just before the drain began (it had no
    * `Connection: close` yet), and it is answered, not reset by the exit.
    */
   const settled = async (): Promise<true> => {
     for (;;) {
       await client.drain();
-      const seen = server?.counters.requests ?? 0;
-      await new Promise((resolve) => setTimeout(resolve, DRAIN_QUIET_MS));
-      if (client.inFlight === 0 && (server?.counters.requests ?? 0) === seen) return true;
+      // Without HTTP there is no connection a request could still be on its way over.
+      if (server === undefined) return true;
+      const seen = server.counters.requests;
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_IDLE_GRACE_MS).unref());
+      if (client.inFlight === 0 && server.counters.requests === seen) return true;
     }
   };
   return {

@@ -6,10 +6,10 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { type Butterfly, startButterfly } from './embedded.js';
-import { InvalidOptionError } from './errors.js';
+import { ButterflyError, InvalidOptionError } from './errors.js';
 import type { Logger } from './logger.js';
 import { check } from './options.js';
-import type { OffloadJob } from './stages/offload-stage.js';
+import { type OffloadJob, loadExport } from './stages/offload-stage.js';
 
 /** Options of `offload`. */
 export interface OffloadOptions {
@@ -61,20 +61,19 @@ export function offload<F extends (...args: never[]) => unknown>(moduleUrl: stri
 
   let mode: OffloadMode = 'undecided';
   let decided: Promise<void> | undefined;
-  let local: Promise<(...args: unknown[]) => unknown> | undefined;
   let pool: Promise<Butterfly> | undefined;
   let closed = false;
 
-  const localFn = (): Promise<(...args: unknown[]) => unknown> =>
-    (local ??= import(module).then((m: Record<string, unknown>) => {
-      const fn = m[exportName];
-      if (typeof fn !== 'function') throw new InvalidOptionError('exportName', `a function exported by ${module}`, exportName);
-      return fn as (...args: unknown[]) => unknown;
-    }));
+  const localFn = (): Promise<(...args: unknown[]) => unknown> => loadExport(module, exportName);
 
   const inPool = async (args: unknown[]): Promise<Result> => {
+    // A pool that failed to start is tried again by the next call.
     pool ??= startButterfly({ http: false, workers, workerLogLevel: 'warn', requestTimeoutMs: timeoutMs, pipeline: { stages: [{ module: OFFLOAD_STAGE }] }, ...(options.logger === undefined ? {} : { logger: options.logger }) });
-    const bf = await pool;
+    const starting = pool;
+    const bf = await starting.catch((err: unknown) => {
+      if (pool === starting) pool = undefined;
+      throw err;
+    });
     const job: OffloadJob = { module, name: exportName, args };
     const answer = await bf.jobs.send(job as unknown as Record<string, unknown>);
     // A JSON result comes wrapped (see the offload stage); text and bytes as they are.
@@ -82,7 +81,7 @@ export function offload<F extends (...args: never[]) => unknown>(moduleUrl: stri
   };
 
   const call = async (...args: unknown[]): Promise<Result> => {
-    if (closed) throw new InvalidOptionError('offload', 'a function that is not closed', 'closed');
+    if (closed) throw new ButterflyError('BF_ERR_DRAINING', 'this offloaded function is closed');
     if (mode === 'pool') return inPool(args);
     if (mode === 'local') return (await (await localFn())(...args)) as Result;
     if (decided !== undefined) {
@@ -111,7 +110,9 @@ export function offload<F extends (...args: never[]) => unknown>(moduleUrl: stri
     closed = true;
     const started = pool;
     pool = undefined;
-    if (started !== undefined) await (await started).close();
+    // A pool that failed to start has nothing to close.
+    const bf = await started?.catch(() => undefined);
+    await bf?.close();
   };
   Object.defineProperty(call, 'mode', { get: () => mode, enumerable: true });
   Object.defineProperty(call, 'close', { value: close });

@@ -15,6 +15,7 @@ import {
   configureSocket,
   decodeRecords,
   readHello,
+  readEvent,
   readPulse,
   readReturned,
   receiveEach,
@@ -216,7 +217,7 @@ export class Proxy {
   private prefetched = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private loops: Promise<void>[] = [];
-  /** Publishes the events of this proxy's worker threads, made at the first one. */
+  /** Publishes the events of this proxy's worker threads (with `events`), connected at start: a publisher drops what it sends before. */
   private events: Events | undefined;
   /** Releases the bound sockets' holds on the ZAP handler (CURVE). */
   private readonly releaseKeys: (() => void)[] = [];
@@ -268,6 +269,10 @@ export class Proxy {
     await this.frontend.bind(o.frontend);
     await this.backend.bind(o.backend);
     this.loopbackSocket?.connect(o.loopback);
+    if (o.events !== null) {
+      this.events = new Events({ publish: o.events, security: o.security });
+      this.events.connectPublisher();
+    }
     this.lifecycle = 'running';
     const name = o.name;
     this.loops.push(receiveEach(this.frontend, (f) => this.onFrontend(f), this.logger, `stage ${name} frontend`));
@@ -568,10 +573,6 @@ export class Proxy {
         worker = this.join(key, link, r);
         continue;
       }
-      if (viaPort && r.kind === Kind.EVENT) {
-        this.publishFor(r);
-        continue;
-      }
       if (viaPort && (r.kind === Kind.RESULT || r.kind === Kind.ERROR)) {
         (answers ??= []).push(r);
         continue;
@@ -583,6 +584,10 @@ export class Proxy {
       }
       if (viaPort && r.kind === Kind.JOB) {
         (jobs ??= []).push(r);
+        continue;
+      }
+      if (viaPort && r.kind === Kind.EVENT) {
+        this.publishFor(r);
         continue;
       }
       if (worker === undefined && r.kind === Kind.HEARTBEAT && r.payload.length > 0) {
@@ -689,12 +694,10 @@ export class Proxy {
 
   /** Publishes an event a worker thread handed over (it holds no socket of its own). */
   private publishFor(r: WireRecord): void {
-    if (this.options.events === null) return;
+    if (this.events === undefined) return;
     try {
-      const length = r.payload[0] ?? 0;
-      const topic = r.payload.subarray(1, 1 + length).toString('utf8');
-      this.events ??= new Events({ publish: this.options.events, security: this.options.security });
-      this.events.publishEncoded(topic, r.payload.subarray(1 + length));
+      const { topic, data } = readEvent(r.payload);
+      this.events.publishEncoded(topic, data);
     } catch (err) {
       this.undecodable++;
       this.logger.warn({ err, stage: this.options.name }, 'undecodable event from a worker dropped');
@@ -750,16 +753,25 @@ export class Proxy {
       this.undecodable++;
       this.logger.warn({ err, stage: this.options.name }, 'malformed BYE');
     }
-    for (let i = returned.length - 1; i >= 0; i--) {
-      const job = worker.jobs.get(returned[i]!);
+    this.takeBack(worker, returned);
+    this.logger.info({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, returned: returned.length }, 'worker leaving');
+    if (worker.jobs.size === 0) this.remove(worker);
+    this.refuseQueueIfNoWorker();
+  }
+
+  /**
+   * Puts the jobs `ids` of a worker that never started them back at the front of the queue,
+   * in their order, for another worker; a job whose bytes were moved to the worker (and did
+   * not come back) is answered 502 instead.
+   */
+  private takeBack(worker: WorkerEntry, ids: readonly number[]): void {
+    for (let i = ids.length - 1; i >= 0; i--) {
+      const job = worker.jobs.get(ids[i]!);
       if (job === undefined) continue;
       this.release(worker, job);
       if (job.moved) this.refuse(job, 'BF_ERR_WORKER_DIED', `a worker of stage ${this.options.name} left with a job`);
       else this.enqueue(job, true);
     }
-    this.logger.info({ stage: this.options.name, worker: worker.label || worker.key, holding: worker.jobs.size, returned: returned.length }, 'worker leaving');
-    if (worker.jobs.size === 0) this.remove(worker);
-    this.refuseQueueIfNoWorker();
   }
 
   /** Forgets a worker; `release` sends a leaving worker the BYE it waits for. */
@@ -791,23 +803,16 @@ export class Proxy {
     if (worker === undefined || !worker.alive) return;
     // Jobs in the messages the socket refused never reached the worker (it is gone): they
     // go to another worker, as the jobs a leaving worker hands back do; the rest it held die with it.
-    const undelivered: Job[] = [];
+    const undelivered: number[] = [];
     for (const frame of unsent) {
-      let records: WireRecord[];
       try {
-        records = decodeRecords(frame);
+        for (const r of decodeRecords(frame)) if (r.kind === Kind.JOB) undelivered.push(r.id);
       } catch {
-        continue;
-      }
-      for (const r of records) {
-        const job = r.kind === Kind.JOB ? worker.jobs.get(r.id) : undefined;
-        if (job === undefined || job.moved) continue;
-        this.release(worker, job);
-        undelivered.push(job);
+        // Not ours to read: what it held dies with the worker.
       }
     }
+    this.takeBack(worker, undelivered);
     this.expire(worker, 'unreachable');
-    for (let i = undelivered.length - 1; i >= 0; i--) this.enqueue(undelivered[i]!, true);
     this.drainQueue();
     this.refuseQueueIfNoWorker();
     this.scheduleWorkers();

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
 import { ERROR_STATUS, InvalidOptionError } from '../errors.js';
 import { type Logger, silentLogger } from '../logger.js';
@@ -117,7 +118,9 @@ export class PipelineClient {
   private readonly stageSockets: zmq.Push[];
   private readonly toStages: RecordSink[];
   /** This client's request ids are `idPrefix * 2^32 + counter`: other clients of the pipeline have other prefixes. */
-  private readonly idPrefix = 1 + Math.floor(Math.random() * MAX_ID_PREFIX);
+  private idPrefix = 1 + Math.floor(Math.random() * MAX_ID_PREFIX);
+  /** With `via`: resolves `start()` once the hub has taken this client's prefix. */
+  private registered: (() => void) | undefined;
   private idCounter = 0;
   private readonly pending = new Map<number, Pending>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -141,9 +144,10 @@ export class PipelineClient {
     this.options = o;
     this.logger = o.logger;
     const link = { maxMessageBytes: o.maxMessageBytes };
-    this.loopback = o.via === undefined ? new zmq.Pull() : new zmq.Dealer();
+    // A client of a hub keeps its identity when it reconnects, and so its registration.
+    this.loopback = o.via === undefined ? new zmq.Pull() : new zmq.Dealer({ routingId: `client-${randomBytes(8).toString('hex')}` });
     configureSocket(this.loopback, link);
-    this.hub = o.hub === undefined ? undefined : new AnswerHub({ address: o.hub, maxMessageBytes: o.maxMessageBytes, security: o.security, logger: o.logger });
+    this.hub = o.hub === undefined ? undefined : new AnswerHub({ address: o.hub, maxMessageBytes: o.maxMessageBytes, security: o.security, ownPrefix: this.idPrefix, logger: o.logger });
     const local = o.localStages;
     if (local !== undefined) {
       if (local.length !== o.stages.length) throw new InvalidOptionError('localStages', `one function per stage (${o.stages.length})`, local.length);
@@ -165,25 +169,29 @@ export class PipelineClient {
     if (this.options.via !== undefined) {
       secureClient(this.loopback, this.options.security);
       this.loopback.connect(this.options.via);
+      // Answers to jobs sent before the hub knows this client would be lost: wait for it.
+      const registered = new Promise<void>((resolve) => (this.registered = resolve));
+      this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'hub');
       this.register();
       this.registerTimer = setInterval(() => this.register(), REGISTER_EVERY_MS);
       this.registerTimer.unref();
+      await registered;
     } else {
       this.releaseKeys = await secureServer(this.loopback, this.options.security, this.logger);
       await this.loopback.bind(this.options.loopback);
+      this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'loopback');
     }
     await this.hub?.start();
     this.stageSockets.forEach((s, i) => s.connect(this.options.stages[i]!));
-    this.loop = receiveEach(this.loopback, (f) => this.onLoopback(f), this.logger, 'loopback');
     const every = Math.max(5, Math.min(100, Math.floor(this.options.requestTimeoutMs / 10)));
     this.sweepTimer = setInterval(() => this.sweep(), every);
     this.sweepTimer.unref();
     this.lifecycle = 'running';
   }
 
-  /** Where final answers arrive. */
+  /** Where final answers arrive: the loopback, or for a client of another's hub (`via`), that hub. */
   get loopbackAddress(): string {
-    return this.options.loopback;
+    return this.options.via ?? this.options.loopback;
   }
 
   /** Requests waiting for their answer. */
@@ -295,6 +303,9 @@ export class PipelineClient {
     for (const p of pending) this.deliver(p, null, err ?? CLOSED_ERROR);
     this.checkDrained();
     if (this.registerTimer !== undefined) clearInterval(this.registerTimer);
+    // A start still waiting for its hub ends with the client.
+    this.registered?.();
+    this.registered = undefined;
     this.loopback.close();
     this.releaseKeys();
     await this.hub?.close();
@@ -330,7 +341,25 @@ export class PipelineClient {
       this.logger.warn({ err }, 'undecodable message on the loopback dropped');
       return;
     }
+    if (this.registered !== undefined) this.onRegistered(records);
     this.acceptAnswers(records);
+  }
+
+  /** The hub's answer to a registration: this prefix taken, or 0 (another client holds it: draw another). */
+  private onRegistered(records: WireRecord[]): void {
+    for (const r of records) {
+      if (r.kind !== Kind.CLIENT || r.payload.length < 4) continue;
+      const prefix = r.payload.readUInt32LE(0);
+      if (prefix === this.idPrefix) {
+        this.registered?.();
+        this.registered = undefined;
+        return;
+      }
+      if (prefix === 0) {
+        this.idPrefix = 1 + Math.floor(Math.random() * MAX_ID_PREFIX);
+        this.register();
+      }
+    }
   }
 
   /** Takes final answers from a sender in this process (a proxy), as if they had come in on the loopback. */

@@ -10,6 +10,8 @@ export interface AnswerHubOptions {
   /** Clients registered at once, at most; past it new ones are refused. Default 10000. */
   readonly maxClients?: number;
   readonly security?: LinkSecurity | undefined;
+  /** The prefix of the client that owns the hub: never given to another. */
+  readonly ownPrefix: number;
   readonly logger?: Logger;
 }
 
@@ -42,6 +44,8 @@ export class AnswerHub {
   constructor(private readonly options: AnswerHubOptions) {
     this.logger = options.logger ?? silentLogger;
     configureSocket(this.socket, { maxMessageBytes: options.maxMessageBytes });
+    // A send to a client that is gone fails, and the client is forgotten at once.
+    this.socket.mandatory = true;
     // A client gone between its answers and their sending loses them: nothing else could.
     this.outbox = new RouterOutbox(this.socket, this.logger, 'answer hub', (key) => this.forget(key));
   }
@@ -55,11 +59,6 @@ export class AnswerHub {
     this.timer.unref();
   }
 
-  /** Clients registered now. */
-  get size(): number {
-    return this.clients.size;
-  }
-
   /**
    * Passes an answer on to the client whose prefix its id carries.
    * @returns false when no registered client has that prefix.
@@ -67,10 +66,7 @@ export class AnswerHub {
   forward(r: WireRecord): boolean {
     const client = this.clients.get(prefixOf(r.id));
     if (client === undefined) return false;
-    const w = this.outbox.writerFor(client.key, client.identity);
-    w.begin(r.kind, r.flags, r.stage, r.id, r.deadline);
-    w.bytes(r.payload);
-    w.end();
+    this.outbox.writerFor(client.key, client.identity).forward(r, r.stage);
     this.outbox.schedule();
     return true;
   }
@@ -99,8 +95,9 @@ export class AnswerHub {
       const prefix = r.payload.readUInt32LE(0);
       if (prefix < 1 || prefix > MAX_ID_PREFIX) continue;
       const held = this.clients.get(prefix);
-      if (held !== undefined && held.key !== key) {
-        if (++this.refusals <= 100) this.logger.warn({ prefix }, 'client refused: another live client holds its id prefix');
+      if (prefix === this.options.ownPrefix || (held !== undefined && held.key !== key)) {
+        if (++this.refusals <= 100) this.logger.warn({ prefix }, 'client refused: another live client holds its id prefix; it draws another');
+        this.reply(key, identity, 0);
         continue;
       }
       if (held !== undefined) {
@@ -112,8 +109,18 @@ export class AnswerHub {
         continue;
       }
       this.clients.set(prefix, { key, identity: Buffer.from(identity), lastSeen: Date.now() });
+      this.reply(key, identity, prefix);
       this.logger.info({ prefix }, 'client joined');
     }
+  }
+
+  /** Answers a registration: the prefix taken, or 0 for one refused. */
+  private reply(key: string, identity: Buffer, prefix: number): void {
+    const w = this.outbox.writerFor(key, Buffer.from(identity));
+    w.begin(Kind.CLIENT, 0, 0, 0, 0);
+    w.u32(prefix);
+    w.end();
+    this.outbox.schedule();
   }
 
   private forget(key: string): void {

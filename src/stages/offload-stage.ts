@@ -17,7 +17,11 @@ export interface OffloadJob {
 
 const loaded = new Map<string, Promise<(...args: unknown[]) => unknown>>();
 
-function load(module: string, name: string): Promise<(...args: unknown[]) => unknown> {
+/**
+ * The function `name` exported by `module`, imported once per thread.
+ * @throws InvalidOptionError (as a rejection) when it is not a function.
+ */
+export function loadExport(module: string, name: string): Promise<(...args: unknown[]) => unknown> {
   const key = `${module}#${name}`;
   let fn = loaded.get(key);
   if (fn === undefined) {
@@ -34,7 +38,7 @@ function load(module: string, name: string): Promise<(...args: unknown[]) => unk
 export default defineStage<OffloadJob>({
   name: 'offload',
   async handle(job, ctx) {
-    const fn = await load(job.module, job.name);
+    const fn = await loadExport(job.module, job.name);
     const result = await fn(...job.args);
     if (typeof result === 'string' || Buffer.isBuffer(result)) return ctx.respond(result);
     return ctx.respond({ v: result === undefined ? null : result });

@@ -56,7 +56,8 @@ export interface StageContext<Next = Value> {
 export interface StageEvents {
   /**
    * Publishes `data` (a JSON value, a string or a Buffer) under `topic`, at most once.
-   * @throws InvalidOptionError for a bad topic, or when the pipeline has no events.
+   * @throws InvalidOptionError for a bad topic, or when the pipeline has no events;
+   *   TypeError for data JSON cannot carry.
    */
   publish(topic: string, data: unknown): void;
 }

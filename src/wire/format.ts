@@ -311,7 +311,7 @@ export class RecordWriter {
   }
 
   /**
-   * Returns the batch written so far in an ArrayBuffer of its own (to transfer to another
+   * Returns the batch written so far in an ArrayBuffer of its own (to post to another
    * thread) and starts an empty one: a small batch is copied out and the buffer reused, a
    * large one is handed over whole.
    */

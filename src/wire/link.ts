@@ -184,7 +184,8 @@ abstract class TurnBatcher {
 
 /**
  * Batches records for a worker thread (or its proxy, from inside the thread) and posts
- * them through a `MessagePort`, transferring the bytes rather than copying large batches.
+ * them through a `MessagePort` as copies (see `sendAlone` for why nothing is moved but a
+ * large record from the front end's thread).
  * A port has no bound of its own: what is written to it is bounded by its caller (the
  * proxy's credits, the worker's jobs).
  */
@@ -194,7 +195,7 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
   }
 
   protected deliver(): void {
-    // A small batch is copied out and the writer keeps its buffer; a large one is handed over.
+    // A small batch is copied out and the writer keeps its buffer; a large one leaves with its buffer.
     postFrame(this.port, this.writer.takeOwned());
   }
 
@@ -364,14 +365,19 @@ export class RouterOutbox {
           if (peer.writer.length > 0) peer.queued.push(peer.writer.take());
           const frames = peer.queued.splice(0);
           if (this.strangers.delete(key)) this.peers.delete(key);
-          const pieces = frames.flatMap((frame) => splitFrame(frame, maxMessage(this.socket)));
-          let sent = 0;
+          let f = 0;
+          let pieces: Buffer[] = [];
+          let p = 0;
           try {
-            for (; sent < pieces.length; sent++) await this.socket.send([peer.identity, pieces[sent]!]);
+            for (; f < frames.length; f++) {
+              pieces = splitFrame(frames[f]!, maxMessage(this.socket));
+              for (p = 0; p < pieces.length; p++) await this.socket.send([peer.identity, pieces[p]!]);
+            }
           } catch (err) {
             if (!this.socket.closed) {
               this.logger.warn({ err, socket: this.name, peer: key, records }, 'send failed; records dropped');
-              this.onFailed?.(key, pieces.slice(sent));
+              // What did not leave: the rest of this frame's pieces and every frame after it.
+              this.onFailed?.(key, [...pieces.slice(p), ...frames.slice(f + 1)]);
             }
           }
         }

@@ -247,6 +247,22 @@ export function writeHello(w: RecordWriter, hello: HelloData): void {
   w.utf8(hello.label);
 }
 
+/** Appends an EVENT payload: the topic behind a one-byte length, then the event's data, already encoded. */
+export function writeEvent(w: RecordWriter, topic: string, data: Uint8Array): void {
+  w.prefixedUtf8(topic, 1);
+  w.bytes(data);
+}
+
+/**
+ * Decodes an EVENT payload.
+ * @throws WireError when the topic runs past the payload.
+ */
+export function readEvent(payload: Buffer): { topic: string; data: Buffer } {
+  const r = new PayloadReader(payload);
+  const topic = r.utf8(r.u8());
+  return { topic, data: r.rest() };
+}
+
 /** Appends a pulse heartbeat's payload: the worker's token, then its label as UTF-8. */
 export function writePulse(w: RecordWriter, token: Uint8Array, label: string): void {
   w.bytes(token);

@@ -34,7 +34,7 @@ const Z85_VALUE = new Map([...Z85].map((c, i) => [c, i]));
 const KEY_TEXT = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
 
 /** The Z85 text of a 32-byte key (ZeroMQ RFC 32). */
-export function z85Encode(bytes: Uint8Array): string {
+function z85Encode(bytes: Uint8Array): string {
   let out = '';
   for (let i = 0; i < bytes.length; i += 4) {
     let value = ((bytes[i]! << 24) >>> 0) + (bytes[i + 1]! << 16) + (bytes[i + 2]! << 8) + bytes[i + 3]!;
@@ -49,7 +49,7 @@ export function z85Encode(bytes: Uint8Array): string {
 }
 
 /** True for the Z85 text of a CURVE key whose 32 bytes it decodes to. */
-export function isKeyText(text: string): boolean {
+function isKeyText(text: string): boolean {
   if (!KEY_TEXT.test(text)) return false;
   for (let i = 0; i < 40; i += 5) {
     let value = 0;

@@ -15,6 +15,7 @@ import {
   readValue,
   readWelcome,
   writeErrorRecord,
+  writeEvent,
   writeHello,
   writeReturned,
   writeResponse,
@@ -146,13 +147,12 @@ export class StageWorker {
         this.events.publish(topic, data);
         return;
       }
-      // A worker thread holds no socket: its proxy's thread publishes for it.
-      const name = Buffer.from(topic, 'utf8');
+      // A worker thread holds no socket: its proxy's thread publishes for it. Encoded first:
+      // data JSON cannot carry throws here, before anything is written to the batch.
+      const encoded = encodeEvent(data);
       const w = this.link.toProxy.writer;
       w.begin(Kind.EVENT, 0, this.stageIndex, 0, 0);
-      w.u8(name.length);
-      w.bytes(name);
-      w.bytes(encodeEvent(data));
+      writeEvent(w, topic, encoded);
       w.end();
       this.link.toProxy.schedule();
     },

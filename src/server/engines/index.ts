@@ -1,5 +1,6 @@
 import type { EngineHandler, EngineLimits, HttpEngine, Refusal } from './engine.js';
 import { NodeEngine } from './node.js';
+export { DRAIN_IDLE_GRACE_MS } from './node.js';
 import { UwsEngine, loadUws } from './uws.js';
 
 export type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';

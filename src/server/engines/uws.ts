@@ -186,7 +186,6 @@ class UwsReply implements EngineReply {
   sent = false;
   private abortFn: (() => void) | undefined;
   private readonly writeBound: () => void;
-  private readonly writeLater: () => void;
   private status = 0;
   private headers: readonly string[] = [];
   private body: Buffer = EMPTY;
@@ -203,9 +202,6 @@ class UwsReply implements EngineReply {
       this.abortFn?.();
     });
     this.writeBound = () => this.write();
-    this.writeLater = () => {
-      if (!this.aborted) this.res.cork(this.writeBound);
-    };
   }
 
   onAbort(fn: () => void): void {
@@ -230,8 +226,12 @@ class UwsReply implements EngineReply {
     this.headers = headers;
     this.body = body;
     this.close = close || this.context.draining;
-    if (this.context.parsing) setImmediate(this.writeLater);
+    if (this.context.parsing) setImmediate(() => this.writeLater());
     else this.res.cork(this.writeBound);
+  }
+
+  private writeLater(): void {
+    if (!this.aborted) this.res.cork(this.writeBound);
   }
 
   private write(): void {
