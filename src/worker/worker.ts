@@ -137,7 +137,6 @@ export class StageWorker {
   private welcomed: (() => void) | undefined;
   /** The pipeline's events, made when a WELCOME names where they go. */
   private events: Events | undefined;
-  private eventsAddress: string | undefined;
   /** What `ctx.events` does in every job of this worker. */
   private readonly stageEvents: StageEvents = {
     publish: (topic, data) => {
@@ -371,13 +370,14 @@ export class StageWorker {
       this.logger.error({ err, stage: this.stage.name }, 'malformed WELCOME from proxy');
       return;
     }
+    const events = config.events ?? null;
+    const eventsBefore = this.link.config?.events ?? null;
     this.link.configure(config);
-    if ((config.events ?? null) !== (this.eventsAddress ?? null)) {
+    if (events !== eventsBefore) {
       void this.events?.close();
       // A worker thread (on a port) publishes through its proxy instead (see `stageEvents`).
-      this.events = config.events === undefined || config.events === null || this.options.port !== undefined ? undefined : new Events({ publish: config.events, security: this.options.security });
+      this.events = events === null || this.options.port !== undefined ? undefined : new Events({ publish: events, security: this.options.security });
       this.events?.connectPublisher();
-      this.eventsAddress = config.events ?? undefined;
     }
     this.logger.info({ stage: this.stage.name, index: config.stage, concurrency: this.concurrency, prefetch: this.prefetch }, 'worker joined its proxy');
     this.welcomed?.();
