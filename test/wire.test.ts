@@ -121,6 +121,38 @@ describe('wire records', () => {
     expect(() => readReturned(payload.subarray(0, 12))).toThrow(WireError);
   });
 
+  it('sizes a buffer for a large record to the record and a little room, and starts the next batch as large as the last', () => {
+    const body = Buffer.alloc(1024 * 1024, 7);
+    // Sized up front, as a worker writes an outcome that travels alone: the whole record fits, with little to spare.
+    const alone = new RecordWriter(body.length + 16 * 1024);
+    alone.begin(Kind.RESULT, 0, 0, 1, 0);
+    alone.bytes(body);
+    alone.end();
+    const frame = alone.take();
+    expect(frame.length).toBe(HEADER_BYTES + body.length);
+    expect(frame.buffer.byteLength - frame.length).toBeLessThanOrEqual(64 * 1024);
+    // A batch writer that took 100 KB writes the next 100 KB into one buffer, not one grown by doubling.
+    const w = new RecordWriter();
+    const payload = Buffer.alloc(100_000, 1);
+    const batch = (): Buffer => {
+      w.begin(Kind.JOB, 0, 0, 2, 0);
+      w.bytes(payload);
+      w.end();
+      return w.take();
+    };
+    const allocations = vi.spyOn(Buffer, 'allocUnsafeSlow');
+    try {
+      batch();
+      const grown = allocations.mock.calls.length;
+      const second = batch();
+      expect(grown).toBeGreaterThan(1);
+      expect(allocations.mock.calls.length - grown).toBe(1);
+      expect(decodeRecords(second)[0]!.payload.equals(payload)).toBe(true);
+    } finally {
+      allocations.mockRestore();
+    }
+  });
+
   it('encodes a large request around its body without copying it, and declines a body with no room in front', () => {
     const body = allocateBody(200_000);
     body.fill(9);

@@ -48,6 +48,12 @@ export function requestId(prefix: number, counter: number): number {
   return prefix * TWO_32 + counter;
 }
 
+/** Room a large `RecordWriter` buffer gets beyond what is needed, so that the end of a record does not grow it again. */
+const GROW_ROOM_BYTES = 16 * 1024;
+
+/** Largest batch size a `RecordWriter` carries over as the size of its next buffer. */
+const SIZE_HINT_LIMIT = 256 * 1024;
+
 /** Batches below this size are copied out by `takeOwned`; larger ones are handed over. */
 const OWNED_COPY_LIMIT = 64 * 1024;
 
@@ -190,6 +196,8 @@ export class RecordWriter {
   private len = 0;
   private recordStart = -1;
   private readonly initialSize: number;
+  /** Size of the batch taken last (at most `SIZE_HINT_LIMIT`): the next buffer starts that large. */
+  private lastTaken = 0;
 
   /**
    * @param initialSize first buffer size in bytes (allocated on the first write); the
@@ -331,6 +339,7 @@ export class RecordWriter {
     // buffer of its own size when it comes (fresh memory is costly: each page of it faults
     // in when first written).
     this.buf = EMPTY;
+    this.lastTaken = Math.min(this.len, SIZE_HINT_LIMIT);
     this.len = 0;
     this.records = 0;
     return out;
@@ -339,10 +348,12 @@ export class RecordWriter {
   private ensure(extra: number): void {
     const need = this.len + extra;
     if (need <= this.buf.length) return;
-    let size = Math.max(this.initialSize, this.buf.length * 2);
+    // A fresh buffer starts as large as the batch taken last, so that a turn like the last
+    // one is written without growing (each growth allocates and copies what is written).
+    let size = Math.max(this.initialSize, this.buf.length * 2, this.buf === EMPTY ? this.lastTaken : 0);
     while (size < need) size *= 2;
     // Past the large-record size, grow to what is needed and a little room, not to the next power of two.
-    if (size > LARGE_RECORD_BYTES) size = (need + this.initialSize + 4095) & ~4095;
+    if (size > LARGE_RECORD_BYTES) size = (Math.max(need, this.initialSize, this.buf === EMPTY ? this.lastTaken : 0) + GROW_ROOM_BYTES + 4095) & ~4095;
     const next = Buffer.allocUnsafeSlow(size);
     this.buf.copy(next, 0, 0, this.len);
     this.buf = next;
