@@ -79,42 +79,86 @@ export class Jobs {
 
   /**
    * Sends every item as a job, at most `concurrency` at once, and yields their outcomes in
-   * the order of `items` as they come back: one failure does not sink the batch. `items`
-   * may be an array or any (async) iterable, read only as fast as jobs are sent, so a
-   * stream of chunks never sits in memory whole.
+   * the order of `items` as they come back: one failure does not sink the batch. A slot
+   * freed by any answer is filled at once, not only when the oldest job is answered, so a
+   * slow job does not leave workers idle; answers that arrive ahead of an older one wait
+   * here, at most `concurrency` of them. `items` may be an array or any (async) iterable,
+   * read only as fast as jobs are sent, so a stream of chunks never sits in memory whole.
    */
   async *distribute(items: Iterable<Value> | AsyncIterable<Value>, options: DistributeOptions = {}): AsyncGenerator<Settled, void, undefined> {
     const concurrency = check('concurrency', options.concurrency ?? 16, 'concurrency');
     const source = Symbol.asyncIterator in items ? items[Symbol.asyncIterator]() : (items as Iterable<Value>)[Symbol.iterator]();
-    const inFlight: Promise<Settled>[] = [];
+    const sendOptions: SendOptions = { ...(options.signal === undefined ? {} : { signal: options.signal }), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) };
+    /** Outcomes answered and not yet yielded, by their item's index. */
+    const answered = new Map<number, Settled>();
     let sent = 0;
     let done = 0;
+    let yielded = 0;
+    let running = 0;
     let exhausted = false;
+    let stopped = false;
+    let filling = false;
+    let failure: { error: unknown } | undefined;
+    let wake: (() => void) | undefined;
+    const notify = (): void => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    const settle = (index: number, settled: Settled): void => {
+      running--;
+      done++;
+      answered.set(index, settled);
+      options.onProgress?.(done, sent);
+      notify();
+      void fill();
+    };
+    // One filler at a time: it takes items while a slot is free and no more than `concurrency` answers wait.
     const fill = async (): Promise<void> => {
-      while (!exhausted && inFlight.length < concurrency) {
-        if (options.signal?.aborted === true) throw cancelledError();
-        const next = await source.next();
-        if (next.done === true) {
-          exhausted = true;
-          return;
+      if (filling) return;
+      filling = true;
+      try {
+        while (!exhausted && !stopped && running < concurrency && sent - yielded < 2 * concurrency) {
+          if (options.signal?.aborted === true) throw cancelledError();
+          const next = await source.next();
+          if (next.done === true) {
+            exhausted = true;
+            break;
+          }
+          const index = sent++;
+          running++;
+          this.send(next.value, sendOptions).then(
+            (value) => settle(index, { ok: true, value }),
+            (error: unknown) => settle(index, { ok: false, error: error instanceof ButterflyError ? error : new ButterflyError('BF_ERR_INTERNAL', String(error)) }),
+          );
         }
-        sent++;
-        inFlight.push(
-          this.send(next.value, { ...(options.signal === undefined ? {} : { signal: options.signal }), ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) }).then(
-            (value): Settled => ({ ok: true, value }),
-            (error: unknown): Settled => ({ ok: false, error: error instanceof ButterflyError ? error : new ButterflyError('BF_ERR_INTERNAL', String(error)) }),
-          ),
-        );
+      } catch (err) {
+        failure = { error: err };
+      } finally {
+        filling = false;
+        notify();
       }
     };
-    await fill();
-    while (inFlight.length > 0) {
-      const settled = await inFlight.shift()!;
-      done++;
-      options.onProgress?.(done, sent);
-      if (options.signal?.aborted === true) throw cancelledError();
-      yield settled;
-      await fill();
+    try {
+      void fill();
+      for (;;) {
+        const settled = answered.get(yielded);
+        if (settled !== undefined) {
+          answered.delete(yielded);
+          yielded++;
+          if (options.signal?.aborted === true) throw cancelledError();
+          yield settled;
+          void fill();
+        } else if (failure !== undefined) {
+          throw failure.error;
+        } else if (exhausted && yielded === sent) {
+          return;
+        } else {
+          await new Promise<void>((resolve) => (wake = resolve));
+        }
+      }
+    } finally {
+      stopped = true;
     }
   }
 
@@ -181,6 +225,9 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/** Bytes `chunks` reads from a file at a time, at least: one read serves many small chunks. */
+const READ_BYTES = 1024 * 1024;
+
 /**
  * Cuts a file (a path or a file URL) or any stream of bytes into chunks of `size` bytes
  * (the last one shorter), reading as the chunks are taken, never the whole input: feed it
@@ -189,7 +236,7 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
  */
 export async function* chunks(input: string | URL | Iterable<Buffer | string> | AsyncIterable<Buffer | string>, size: number): AsyncGenerator<Buffer, void, undefined> {
   check('chunkBytes', size, 'size');
-  const source = typeof input === 'string' || input instanceof URL ? createReadStream(input, { highWaterMark: Math.min(size, 1024 * 1024) }) : input;
+  const source = typeof input === 'string' || input instanceof URL ? createReadStream(input, { highWaterMark: Math.max(size, READ_BYTES) }) : input;
   let parts: Buffer[] = [];
   let held = 0;
   for await (const piece of source) {

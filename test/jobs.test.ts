@@ -87,6 +87,32 @@ describe('jobs from code: distribute', () => {
   });
 });
 
+describe('jobs from code: distribute around a slow job', () => {
+  it('fills a slot freed by any answer, holding at most `concurrency` answers that arrived ahead of an older one', async () => {
+    await using bf = await start({ http: false, workers: 2, pipeline: JOBS });
+    let mostInFlight = 0;
+    const items = function* (): Generator<{ op: string; n?: number; ms?: number }> {
+      for (let n = 0; n < 16; n++) {
+        mostInFlight = Math.max(mostInFlight, bf.client.inFlight);
+        // The first job holds one worker; the other worker answers the rest at once.
+        yield n === 0 ? { op: 'sleep', ms: 1500 } : { op: 'double', n };
+      }
+    };
+    let progress = 0;
+    let answeredAtFirstYield = -1;
+    const results = [];
+    for await (const r of bf.jobs.distribute(items(), { concurrency: 4, onProgress: (done) => (progress = done) })) {
+      if (answeredAtFirstYield === -1) answeredAtFirstYield = progress;
+      results.push(r);
+    }
+    // Refilled only when the oldest job is answered, 3 jobs would have gone past it; refilled
+    // on every answer, jobs go on past it until 4 answers wait behind it (2 x concurrency sent).
+    expect(answeredAtFirstYield).toBe(8);
+    expect(mostInFlight).toBeLessThanOrEqual(4);
+    expect(results).toEqual([{ ok: true, value: { slept: 1500 } }, ...Array.from({ length: 15 }, (_, i) => ({ ok: true, value: { doubled: 2 * (i + 1) } }))]);
+  });
+});
+
 describe('jobs from code: worker deaths', () => {
   const IDEMPOTENT = { stages: [{ module: fixture('job-stage-idempotent.js') }] };
 
