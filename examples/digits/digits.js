@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { chunks, startButterfly } from 'butterfly';
-import { COST_BYTES, sumDigits } from './sum.js';
+import { sumDigits } from './sum.js';
 
 const STAGE = new URL('./stage.js', import.meta.url).href;
 
@@ -56,16 +56,6 @@ async function writeDigits(path, size, seed) {
   await new Promise((resolve, reject) => out.end((err) => (err ? reject(err) : resolve())));
 }
 
-/** The jobs for a file: each chunk with the cost in front of it. */
-async function* jobs(path, chunk, cost) {
-  for await (const piece of chunks(path, chunk)) {
-    const job = Buffer.allocUnsafe(COST_BYTES + piece.length);
-    job.writeUInt32LE(cost, 0);
-    piece.copy(job, COST_BYTES);
-    yield job;
-  }
-}
-
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -95,13 +85,15 @@ async function main() {
   if (!values.json) console.log(`${size} digits in ${pieces} chunks of ${chunk}, cost ${cost}\nplain loop: ${plain.toFixed(3)} s, sum ${plainSum}`);
 
   const runs = [];
+  // The stage reads the cost from its environment, which each worker thread copies from this one's.
+  process.env.BUTTERFLY_DIGITS_COST = String(cost);
   for (const workers of counts) {
     // One pool of worker threads per run, started before the clock.
     const bf = await startButterfly({ http: false, workers, pipeline: { stages: [{ module: STAGE }] }, workerLogLevel: 'warn' });
     try {
       started = performance.now();
       let sum = 0;
-      for await (const settled of bf.jobs.distribute(jobs(path, chunk, cost), { concurrency: workers * 4 })) {
+      for await (const settled of bf.jobs.distribute(chunks(path, chunk), { concurrency: workers * 4 })) {
         if (!settled.ok) throw settled.error;
         sum += settled.value.sum;
       }

@@ -14,6 +14,3 @@ export function sumDigits(bytes, cost) {
   }
   return sum;
 }
-
-/** Bytes at the head of a job: the cost, as a little-endian u32; the digits follow. */
-export const COST_BYTES = 4;
