@@ -48,9 +48,6 @@ export function requestId(prefix: number, counter: number): number {
   return prefix * TWO_32 + counter;
 }
 
-/** Room a large `RecordWriter` buffer gets beyond what is needed, so that the end of a record does not grow it again. */
-const GROW_ROOM_BYTES = 16 * 1024;
-
 /** Largest batch size a `RecordWriter` carries over as the size of its next buffer. */
 const SIZE_HINT_LIMIT = 256 * 1024;
 
@@ -353,7 +350,7 @@ export class RecordWriter {
     let size = Math.max(this.initialSize, this.buf.length * 2, this.buf === EMPTY ? this.lastTaken : 0);
     while (size < need) size *= 2;
     // Past the large-record size, grow to what is needed and a little room, not to the next power of two.
-    if (size > LARGE_RECORD_BYTES) size = (Math.max(need, this.initialSize, this.buf === EMPTY ? this.lastTaken : 0) + GROW_ROOM_BYTES + 4095) & ~4095;
+    if (size > LARGE_RECORD_BYTES) size = (Math.max(need, this.buf === EMPTY ? this.lastTaken : 0) + this.initialSize + 4095) & ~4095;
     const next = Buffer.allocUnsafeSlow(size);
     this.buf.copy(next, 0, 0, this.len);
     this.buf = next;
