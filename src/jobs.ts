@@ -159,6 +159,8 @@ export class Jobs {
       }
     } finally {
       stopped = true;
+      // Left early (a break, an error): the source is closed, as a for-of loop would close it.
+      if (!exhausted) void Promise.resolve(source.return?.()).catch(() => {});
     }
   }
 
@@ -231,7 +233,9 @@ const READ_BYTES = 1024 * 1024;
 /**
  * Cuts a file (a path or a file URL) or any stream of bytes into chunks of `size` bytes
  * (the last one shorter), reading as the chunks are taken, never the whole input: feed it
- * to `distribute` and merge the partial results as they come back (scatter-gather).
+ * to `distribute` and merge the partial results as they come back (scatter-gather). A file
+ * is read 1 MiB (or `size`, if larger) at a time, and a chunk that lies within one read is
+ * a view of it, not a copy.
  * @throws InvalidOptionError for a size outside 1 byte to 64 MiB.
  */
 export async function* chunks(input: string | URL | Iterable<Buffer | string> | AsyncIterable<Buffer | string>, size: number): AsyncGenerator<Buffer, void, undefined> {

@@ -113,6 +113,26 @@ describe('jobs from code: distribute around a slow job', () => {
   });
 });
 
+describe('jobs from code: distribute left early', () => {
+  it('closes its source when the loop over it ends early', async () => {
+    await using bf = await start({ http: false, workers: 1, pipeline: JOBS });
+    let closedSource = (): void => {};
+    const closed = new Promise<void>((resolve) => (closedSource = resolve));
+    const items = async function* (): AsyncGenerator<{ op: string; n: number }> {
+      try {
+        for (let n = 0; ; n++) yield { op: 'double', n };
+      } finally {
+        closedSource();
+      }
+    };
+    for await (const r of bf.jobs.distribute(items(), { concurrency: 4 })) {
+      expect(r).toEqual({ ok: true, value: { doubled: 0 } });
+      break;
+    }
+    await closed;
+  });
+});
+
 describe('jobs from code: worker deaths', () => {
   const IDEMPOTENT = { stages: [{ module: fixture('job-stage-idempotent.js') }] };
 
