@@ -82,8 +82,10 @@ export class Jobs {
    * the order of `items` as they come back: one failure does not sink the batch. A slot
    * freed by any answer is filled at once, not only when the oldest job is answered, so a
    * slow job does not leave workers idle; answers that arrive ahead of an older one wait
-   * here, at most `concurrency` of them. `items` may be an array or any (async) iterable,
-   * read only as fast as jobs are sent, so a stream of chunks never sits in memory whole.
+   * here, with at most 2 x `concurrency` jobs sent and not yet yielded. `items` may be an
+   * array or any (async) iterable, read only as fast as jobs are sent, so a stream of chunks
+   * never sits in memory whole; leaving the loop early closes it. `onProgress` is told of
+   * each answer as it arrives, in any order; an error it throws ends the iteration.
    */
   async *distribute(items: Iterable<Value> | AsyncIterable<Value>, options: DistributeOptions = {}): AsyncGenerator<Settled, void, undefined> {
     const concurrency = check('concurrency', options.concurrency ?? 16, 'concurrency');
@@ -109,22 +111,30 @@ export class Jobs {
       running--;
       done++;
       answered.set(index, settled);
-      options.onProgress?.(done, sent);
+      if (!stopped) {
+        try {
+          options.onProgress?.(done, sent);
+        } catch (err) {
+          failure ??= { error: err };
+        }
+      }
       notify();
       void fill();
     };
-    // One filler at a time: it takes items while a slot is free and no more than `concurrency` answers wait.
+    // One filler at a time: it takes items while a slot is free and fewer than 2 x `concurrency` jobs are sent and not yielded.
     const fill = async (): Promise<void> => {
       if (filling) return;
       filling = true;
       try {
-        while (!exhausted && !stopped && running < concurrency && sent - yielded < 2 * concurrency) {
+        while (!exhausted && !stopped && failure === undefined && running < concurrency && sent - yielded < 2 * concurrency) {
           if (options.signal?.aborted === true) throw cancelledError();
           const next = await source.next();
           if (next.done === true) {
             exhausted = true;
             break;
           }
+          // The loop was left while the item was read: it is not sent.
+          if (stopped) break;
           const index = sent++;
           running++;
           this.send(next.value, sendOptions).then(
@@ -133,7 +143,7 @@ export class Jobs {
           );
         }
       } catch (err) {
-        failure = { error: err };
+        failure ??= { error: err };
       } finally {
         filling = false;
         notify();
@@ -142,6 +152,7 @@ export class Jobs {
     try {
       void fill();
       for (;;) {
+        if (failure !== undefined) throw failure.error;
         const settled = answered.get(yielded);
         if (settled !== undefined) {
           answered.delete(yielded);
@@ -149,8 +160,6 @@ export class Jobs {
           if (options.signal?.aborted === true) throw cancelledError();
           yield settled;
           void fill();
-        } else if (failure !== undefined) {
-          throw failure.error;
         } else if (exhausted && yielded === sent) {
           return;
         } else {
@@ -160,7 +169,13 @@ export class Jobs {
     } finally {
       stopped = true;
       // Left early (a break, an error): the source is closed, as a for-of loop would close it.
-      if (!exhausted) void Promise.resolve(source.return?.()).catch(() => {});
+      if (!exhausted) {
+        try {
+          void Promise.resolve(source.return?.()).catch(() => {});
+        } catch {
+          // a source that fails to close has nothing more to give
+        }
+      }
     }
   }
 

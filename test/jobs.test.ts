@@ -88,7 +88,7 @@ describe('jobs from code: distribute', () => {
 });
 
 describe('jobs from code: distribute around a slow job', () => {
-  it('fills a slot freed by any answer, holding at most `concurrency` answers that arrived ahead of an older one', async () => {
+  it('fills a slot freed by any answer, with at most 2 x `concurrency` jobs sent and not yet yielded', async () => {
     await using bf = await start({ http: false, workers: 2, pipeline: JOBS });
     let mostInFlight = 0;
     const items = function* (): Generator<{ op: string; n?: number; ms?: number }> {
@@ -106,7 +106,7 @@ describe('jobs from code: distribute around a slow job', () => {
       results.push(r);
     }
     // Refilled only when the oldest job is answered, 3 jobs would have gone past it; refilled
-    // on every answer, jobs go on past it until 4 answers wait behind it (2 x concurrency sent).
+    // on every answer, jobs go on past it until 8 (2 x concurrency) are sent and not yielded.
     expect(answeredAtFirstYield).toBe(8);
     expect(mostInFlight).toBeLessThanOrEqual(4);
     expect(results).toEqual([{ ok: true, value: { slept: 1500 } }, ...Array.from({ length: 15 }, (_, i) => ({ ok: true, value: { doubled: 2 * (i + 1) } }))]);
@@ -130,6 +130,23 @@ describe('jobs from code: distribute left early', () => {
       break;
     }
     await closed;
+  });
+
+  it('ends the iteration with the error its progress callback throws', async () => {
+    await using bf = await start({ http: false, workers: 1, pipeline: JOBS });
+    const items = Array.from({ length: 20 }, (_, n) => ({ op: 'double', n }));
+    const onProgress = (done: number): void => {
+      if (done === 3) throw new Error('progress failed');
+    };
+    const seen: unknown[] = [];
+    const err = await (async () => {
+      for await (const r of bf.jobs.distribute(items, { concurrency: 2, onProgress })) seen.push(r);
+    })().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ message: 'progress failed' });
+    expect(seen.length).toBeLessThan(20);
   });
 });
 

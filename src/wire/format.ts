@@ -324,6 +324,11 @@ export class RecordWriter {
     if (this.len >= OWNED_COPY_LIMIT) return this.take();
     const out = new Uint8Array(this.len);
     out.set(this.buf.subarray(0, this.len));
+    // A buffer grown for a large batch is not kept for small ones.
+    if (this.buf.length > OWNED_COPY_LIMIT) {
+      this.buf = EMPTY;
+      this.lastTaken = this.len;
+    }
     this.len = 0;
     this.records = 0;
     return out;
