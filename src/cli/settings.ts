@@ -56,7 +56,7 @@ export interface Settings {
   pipeline?: PipelineSource;
   target?: string;
   workers?: number;
-  transport?: 'thread' | 'process';
+  transport?: 'thread' | 'process' | 'inline';
   maxQueue?: number;
   maxQueueBytes?: number;
   heartbeatMs?: number;

@@ -6,8 +6,12 @@ import { check } from '../options.js';
 import { type HttpRequest, type StageDefinition, checkStage } from './stage.js';
 import { TYPESCRIPT, compileTypeScript } from './typescript.js';
 
-/** How a stage's workers run: threads of this process, or separate processes. */
-export type WorkerTransport = 'thread' | 'process';
+/**
+ * How a stage's workers run: threads of this process, separate processes, or inline, in
+ * the thread that holds the stage's proxy (the front end's, in one process): no hop to
+ * another thread, for light stages whose handlers never block.
+ */
+export type WorkerTransport = 'thread' | 'process' | 'inline';
 
 /** One stage of a pipeline description. */
 export interface PipelineStage {
@@ -21,7 +25,7 @@ export interface PipelineStage {
   readonly prefetch?: number;
   /** Jobs waiting for a worker of this stage, at most, counting those prefetched by workers (default 1024). */
   readonly maxQueue?: number;
-  /** Threads or processes (default: the pipeline's `transport`). */
+  /** Threads, processes or inline (default: the pipeline's `transport`). */
   readonly transport?: WorkerTransport;
   /** Time budget per job in this stage, in ms (default: the stage's own `timeoutMs`, else none). */
   readonly timeoutMs?: number;

@@ -3,12 +3,13 @@ import { hostname } from 'node:os';
 import type { MessagePort } from 'node:worker_threads';
 import { type Logger, silentLogger } from '../logger.js';
 import { check, defaultsOf, withDefaults } from '../options.js';
-import { WorkerStartError } from '../errors.js';
+import { InvalidOptionError, WorkerStartError } from '../errors.js';
 import type { WorkerTransport } from '../stages/index.js';
 import type { LinkSecurity } from '../wire/index.js';
 import type { WorkerHandle } from './handle.js';
 import type { WorkerLaunch } from './launch.js';
 import { startProcessWorker } from './process.js';
+import { startInlineWorker } from './inline.js';
 import { startThreadWorker } from './thread.js';
 
 /** Options of a stage's worker pool. */
@@ -21,16 +22,16 @@ export interface WorkerPoolOptions {
   connect: string;
   /** Workers to keep running. Default 2. */
   workers: number;
-  /** Processes or threads. Default `process` (see `kill`). */
+  /** Processes, threads, or inline in the proxy's thread (which needs `attach`). Default `process` (see `kill`). */
   transport: WorkerTransport;
   /** Jobs one worker runs at once; undefined for the stage's own default. */
   concurrency: number | undefined;
   /** Jobs one worker keeps waiting beyond those it runs; undefined for the stage's own default. */
   prefetch: number | undefined;
   /**
-   * For thread workers whose proxy is in this process: gives each new thread its channel
-   * to the proxy (`Proxy.attachPort`). Such threads open no socket, so a stuck one can be
-   * terminated and replaced like a process.
+   * For thread and inline workers whose proxy is in this process: gives each new worker its
+   * channel to the proxy (`Proxy.attachPort`). Such threads open no socket, so a stuck one
+   * can be terminated and replaced like a process.
    */
   attach: (() => MessagePort) | undefined;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
@@ -110,6 +111,9 @@ export class WorkerPool {
     const o = withDefaults<WorkerPoolOptions>(POOL_DEFAULTS as WorkerPoolOptions, options);
     check('startTimeoutMs', o.startTimeoutMs);
     check('closeTimeoutMs', o.closeTimeoutMs);
+    if (o.transport === 'inline' && o.attach === undefined) {
+      throw new InvalidOptionError('transport', "thread or process where the stage's proxy runs in another process", o.transport);
+    }
     this.options = o;
     this.logger = o.logger;
   }
@@ -237,7 +241,7 @@ export class WorkerPool {
     slot.generation++;
     const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}@${this.identity}`;
     const launch = this.launch(label);
-    const handle = o.transport === 'thread' ? startThreadWorker(launch, o.attach?.()) : startProcessWorker(launch);
+    const handle = o.transport === 'inline' ? startInlineWorker(launch, o.attach!()) : o.transport === 'thread' ? startThreadWorker(launch, o.attach?.()) : startProcessWorker(launch);
     slot.handle = handle;
     slot.label = label;
     slot.startedAt = Date.now();
