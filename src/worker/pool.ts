@@ -31,7 +31,7 @@ export interface WorkerPoolOptions {
   /**
    * For thread and inline workers whose proxy is in this process: gives each new worker its
    * channel to the proxy (`Proxy.attachPort`). Such threads open no socket, so a stuck one
-   * can be terminated and replaced like a process.
+   * can be terminated and replaced like a process (an inline worker can only be closed).
    */
   attach: (() => MessagePort) | undefined;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
