@@ -28,7 +28,10 @@ import {
   writeResponse,
   writeValue,
   writeWelcome,
+  PortOutbox,
+  receivePort,
 } from '../dist/wire/index.js';
+import { MessageChannel } from 'node:worker_threads';
 
 function oneValue(value: unknown): Buffer {
   const w = new RecordWriter(16);
@@ -312,5 +315,31 @@ describe('wire records', () => {
     expect(splitFrame(frame, frame.length)).toEqual([frame]);
     // A record larger than the limit travels alone.
     expect(splitFrame(frame, 10).map((p) => p.length)).toEqual(new Array(10).fill(perRecord));
+  });
+});
+
+describe('batches through a port', () => {
+  it('carries every byte value unchanged, in a small batch (sent as a string) and a larger one (sent as bytes)', async () => {
+    const { port1, port2 } = new MessageChannel();
+    const got: Buffer[] = [];
+    const twoBatches = new Promise<void>((resolve) => {
+      receivePort(port2, (frame) => {
+        got.push(...decodeRecords(frame).map((r) => Buffer.from(r.payload)));
+        if (got.length === 2) resolve();
+      }, { warn: () => {} }, 'test');
+    });
+    const outbox = new PortOutbox(port1);
+    const everyByte = Buffer.from(Array.from({ length: 1024 }, (_, i) => i % 256));
+    const larger = Buffer.alloc(20_000, 0xff);
+    for (const payload of [everyByte, larger]) {
+      outbox.writer.begin(Kind.JOB, 0, 0, 1, 0);
+      outbox.writer.bytes(payload);
+      outbox.writer.end();
+      outbox.flush();
+    }
+    await twoBatches;
+    port1.close();
+    expect(got[0]!.equals(everyByte)).toBe(true);
+    expect(got[1]!.equals(larger)).toBe(true);
   });
 });

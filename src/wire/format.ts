@@ -334,6 +334,18 @@ export class RecordWriter {
     return out;
   }
 
+  /**
+   * Returns the batch written so far as a string of one char per byte (latin1) and starts
+   * an empty one in the same buffer: a small batch crosses to another thread as a string,
+   * which costs neither side an `ArrayBuffer` (see `PortOutbox`).
+   */
+  takeString(): string {
+    const out = this.buf.toString('latin1', 0, this.len);
+    this.len = 0;
+    this.records = 0;
+    return out;
+  }
+
   /** Returns the batch written so far and starts an empty one. */
   take(): Buffer {
     const out = this.buf.subarray(0, this.len);

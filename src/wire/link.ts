@@ -195,8 +195,10 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
   }
 
   protected deliver(): void {
-    // A small batch is copied out and the writer keeps its buffer; a large one leaves with its buffer.
-    postFrame(this.port, this.writer.takeOwned());
+    // A small batch goes as a string; a larger one is copied out (the writer keeps its
+    // buffer), and a large one leaves with its buffer.
+    if (this.writer.length <= STRING_BATCH_BYTES) this.port.postMessage(this.writer.takeString());
+    else postFrame(this.port, this.writer.takeOwned());
   }
 
   /**
@@ -240,11 +242,19 @@ function postFrame(port: MessagePort, frame: Uint8Array): void {
 /** Bytes of a backing buffer beyond its view that `postFrame` lets the clone copy along. */
 const COPY_SLACK_BYTES = 64 * 1024;
 
+/**
+ * Batches up to this size cross a port as strings (one char per byte): a posted string is
+ * copied into the other thread's heap, and read back into Node's shared pool of small
+ * buffers, so that neither thread allocates an `ArrayBuffer` for it (each one is memory
+ * outside the heap that the collector has to track and free).
+ */
+const STRING_BATCH_BYTES = 4 * 1024 - 1;
+
 /** Hands every batch posted by a `PortOutbox` on the other side of `port` to `onFrame`. */
 export function receivePort(port: MessagePort, onFrame: (frame: Buffer) => void, logger: LinkLogger, name: string): void {
-  port.on('message', (bytes: Uint8Array) => {
+  port.on('message', (bytes: Uint8Array | string) => {
     try {
-      onFrame(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      onFrame(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
     } catch (err) {
       logger.warn({ err, port: name }, 'message handler failed');
     }
