@@ -324,13 +324,7 @@ export class RecordWriter {
     if (this.len >= OWNED_COPY_LIMIT) return this.take();
     const out = new Uint8Array(this.len);
     out.set(this.buf.subarray(0, this.len));
-    // A buffer grown for a large batch is not kept for small ones.
-    if (this.buf.length > OWNED_COPY_LIMIT) {
-      this.buf = EMPTY;
-      this.lastTaken = this.len;
-    }
-    this.len = 0;
-    this.records = 0;
+    this.restart();
     return out;
   }
 
@@ -341,9 +335,18 @@ export class RecordWriter {
    */
   takeString(): string {
     const out = this.buf.toString('latin1', 0, this.len);
+    this.restart();
+    return out;
+  }
+
+  /** Starts an empty batch in the same buffer, unless that buffer grew for a large batch: it is not kept for small ones. */
+  private restart(): void {
+    if (this.buf.length > OWNED_COPY_LIMIT) {
+      this.buf = EMPTY;
+      this.lastTaken = this.len;
+    }
     this.len = 0;
     this.records = 0;
-    return out;
   }
 
   /** Returns the batch written so far and starts an empty one. */
