@@ -134,6 +134,11 @@ export function cancelledError(): ButterflyError {
   return new ButterflyError('BF_ERR_CANCELLED', 'the request was cancelled');
 }
 
+/** The reason a job's `ctx.signal` aborts with at its deadline. `BF_ERR_DEADLINE`. */
+export function deadlineError(): ButterflyError {
+  return new ButterflyError('BF_ERR_DEADLINE', 'deadline reached');
+}
+
 function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'bigint') return `${value}n`;

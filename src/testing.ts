@@ -5,7 +5,7 @@
  * answers are shaped by the server's own code, so a test sees the statuses, headers and
  * bodies a client of the daemon sees.
  */
-import { ButterflyError, cancelledError, toErrorRecord } from './errors.js';
+import { ButterflyError, cancelledError, deadlineError, toErrorRecord } from './errors.js';
 import { checkTopic } from './events.js';
 import { check } from './options.js';
 import { DEADLINE_ERROR, finalAnswer } from './server/index.js';
@@ -198,7 +198,7 @@ class Context implements StageContext {
     const input = payload instanceof RequestData ? new HttpRequest(payload) : payload;
     return new Promise<unknown>((resolve, reject) => {
       this.timer = setTimeout(() => {
-        this.stop(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
+        this.stop(deadlineError());
         // Past its deadline the job's own outcome no longer counts, as in a worker: a stage
         // budget answers 504 itself, the request's deadline gives the front end's 504.
         reject(ownBudget ? new ButterflyError('BF_ERR_DEADLINE', `stage ${stage.name} ran out of time`) : new ButterflyError('BF_ERR_DEADLINE', DEADLINE_ERROR.message));

@@ -418,7 +418,7 @@ export class Proxy {
     const alone = records.length === 1 && frame !== undefined && frame.length >= LARGE_RECORD_BYTES ? frame : undefined;
     for (const r of records) {
       if (r.kind === Kind.JOB) this.accept(r, alone);
-      else if (r.kind === Kind.CANCEL) this.cancel(r.id);
+      else if (r.kind === Kind.CANCEL) this.cancel(r.id, r.deadline);
     }
     this.scheduleWorkers();
     this.toLoopback.schedule();
@@ -517,14 +517,14 @@ export class Proxy {
     }
   }
 
-  private cancel(id: number): void {
+  private cancel(id: number, deadline: number): void {
     const queued = this.queuedById.get(id);
     if (queued !== undefined) {
       this.dequeue(queued);
       return;
     }
     const worker = this.assigned.get(id);
-    if (worker !== undefined) worker.link.writer().empty(Kind.CANCEL, this.options.stage, id);
+    if (worker !== undefined) worker.link.writer().empty(Kind.CANCEL, this.options.stage, id, deadline);
   }
 
   private refuse(job: Job, code: ErrorCode, message: string): void {

@@ -248,7 +248,7 @@ export class PipelineClient {
   /** Withdraws a request (its client went away): no answer is given, and every stage drops or aborts it. */
   cancel(id: number): void {
     if (!this.pending.delete(id)) return;
-    this.broadcastCancel(id);
+    this.broadcastCancel(id, 0);
     this.checkDrained();
   }
 
@@ -313,10 +313,11 @@ export class PipelineClient {
     await this.loop;
   }
 
-  private broadcastCancel(id: number): void {
+  /** Tells every stage to drop or abort `id`; `deadline` is its deadline when that is why (see `Kind.CANCEL`), else 0. */
+  private broadcastCancel(id: number, deadline: number): void {
     for (let i = 0; i < this.toStages.length; i++) {
       const outbox = this.toStages[i]!;
-      outbox.writer.empty(Kind.CANCEL, i, id);
+      outbox.writer.empty(Kind.CANCEL, i, id, deadline);
       outbox.schedule();
     }
   }
@@ -404,7 +405,7 @@ export class PipelineClient {
     for (const p of this.pending.values()) {
       if (p.deadline > now) break;
       this.pending.delete(p.id);
-      this.broadcastCancel(p.id);
+      this.broadcastCancel(p.id, p.deadline);
       this.deliver(p, null, DEADLINE_ERROR);
     }
     this.checkDrained();

@@ -76,7 +76,12 @@ export const Kind = Object.freeze({
   DONE: 6,
   /** Either direction: I am alive. No payload. */
   HEARTBEAT: 7,
-  /** Client to proxy, proxy to worker: drop or abort the job with this id. */
+  /**
+   * Client to proxy, proxy to worker: drop or abort the job with this id. No payload; the
+   * deadline field is the request's deadline when the client gave up on it for that
+   * reason (its handler's signal then aborts with `BF_ERR_DEADLINE`), 0 when it was
+   * cancelled (`BF_ERR_CANCELLED`).
+   */
   CANCEL: 8,
   /**
    * Worker to proxy: I am leaving, send me nothing more; the payload lists the ids of jobs

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { MessagePort } from 'node:worker_threads';
-import { ButterflyError, ERROR_STATUS, InvalidOptionError, cancelledError, toErrorRecord } from '../errors.js';
+import { ButterflyError, ERROR_STATUS, InvalidOptionError, cancelledError, deadlineError, toErrorRecord } from '../errors.js';
 import { Events, checkTopic, encodeEvent } from '../events.js';
 import { Fifo } from '../fifo.js';
 import { type Logger, silentLogger } from '../logger.js';
@@ -310,7 +310,7 @@ export class StageWorker {
           }
           break;
         case Kind.CANCEL:
-          this.cancel(r.id);
+          this.cancel(r.id, r.deadline);
           break;
         case Kind.WELCOME:
           this.welcome(r);
@@ -537,7 +537,7 @@ export class StageWorker {
     if (job.expired) return;
     job.expired = true;
     const answered = job.cancelled;
-    job.abort(new ButterflyError('BF_ERR_DEADLINE', 'deadline reached'));
+    job.abort(deadlineError());
     // At the request's own deadline the front end answers 504; a shorter stage budget is ours to answer.
     if (!answered && (job.requestDeadline === 0 || job.deadline < job.requestDeadline)) {
       const late = { code: 'BF_ERR_DEADLINE', status: ERROR_STATUS.BF_ERR_DEADLINE, message: `stage ${this.stage.name} ran out of time` };
@@ -569,10 +569,11 @@ export class StageWorker {
     setImmediate(this.pumpBound);
   }
 
-  private cancel(id: number): void {
+  /** The client no longer waits for `id`: past its deadline when `deadline` is not 0 (see `Kind.CANCEL`). */
+  private cancel(id: number, deadline: number): void {
     const running = this.running.get(id);
     if (running !== undefined) {
-      running.abort(cancelledError());
+      running.abort(deadline === 0 ? cancelledError() : deadlineError());
       return;
     }
     const waiting = this.inbox.removeFirst((r) => r.id === id);
