@@ -38,19 +38,31 @@ function accessLog(s: Settings, logger: PinoLogger): Logger | undefined {
   return s.accessLog === true ? logger.child({ log: 'access' }, { level: 'info' }) : undefined;
 }
 
-/** SIGTERM or SIGINT run `stop` once; a second signal exits at once. */
-function onSignals(stop: () => Promise<void>): void {
-  let stopping = false;
-  const handler = (): void => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    stop().then(
+/**
+ * Handles SIGTERM and SIGINT from now on, so that a signal arriving while the command starts
+ * is not fatal: the first signal runs the `stop` later given to the returned function (at
+ * once if it came before), then exits 0, or 1 if `stop` failed; a second signal exits 1 at once.
+ */
+function onSignals(): (stop: () => Promise<void>) => void {
+  let stop: (() => Promise<void>) | undefined;
+  let signalled = false;
+  const run = (): void => {
+    stop!().then(
       () => process.exit(0),
       () => process.exit(1),
     );
   };
+  const handler = (): void => {
+    if (signalled) process.exit(1);
+    signalled = true;
+    if (stop !== undefined) run();
+  };
   process.on('SIGTERM', handler);
   process.on('SIGINT', handler);
+  return (given) => {
+    stop = given;
+    if (signalled) run();
+  };
 }
 
 /** A message must hold the largest request: its body plus room for target and headers. */
@@ -98,6 +110,7 @@ function pipelineOptions(s: Settings, command: Command, pipeline: PipelineDescri
 /** `butterflyd`: the whole pipeline in one process tree. */
 export async function serve(s: Settings): Promise<void> {
   const { level, logger } = makeLogger(s, 'embedded', 'serve');
+  const stopOnSignal = onSignals();
   const pipeline = await loadPipeline(s);
   const butterfly = await startButterfly({
     ...pipelineOptions(s, 'serve', pipeline),
@@ -115,7 +128,7 @@ export async function serve(s: Settings): Promise<void> {
     workerLogLevel: level,
     logger,
   });
-  onSignals(() => butterfly.close());
+  stopOnSignal(() => butterfly.close());
 }
 
 /**
@@ -258,6 +271,7 @@ export async function server(s: Settings): Promise<void> {
   const loopback = required(s, 'loopback', 'server');
   const stages = required(s, 'stages', 'server');
   const { logger } = makeLogger(s, 'server', 'server');
+  const stopOnSignal = onSignals();
   const maxBytes = maxMessageBytes(s, 'server', true);
   const security = await linkSecurity(s, 'server', [['loopback', loopback], ['stats', s.stats], ['eventsPublish', s.eventsPublish], ['eventsSubscribe', s.eventsSubscribe], ['clients', s.clients]], logger);
   if ((s.eventsPublish === undefined) !== (s.eventsSubscribe === undefined)) throw new UsageError('server: --events-publish and --events-subscribe go together (the event forwarder binds both)');
@@ -291,7 +305,7 @@ export async function server(s: Settings): Promise<void> {
     logger,
   });
   logger.info({ loopback, stages, stats: s.stats, events: s.eventsPublish }, 'server started');
-  onSignals(async () => {
+  stopOnSignal(async () => {
     await front.drain(get(s, 'drainTimeoutMs', 'server'));
     await board?.close();
     await bus?.close();
@@ -309,6 +323,7 @@ export async function proxy(s: Settings): Promise<void> {
   const loopback = required(s, 'loopback', 'proxy');
   const name = s.name ?? `stage-${index}`;
   const { logger } = makeLogger(s, 'proxy', 'proxy');
+  const stopOnSignal = onSignals();
   const maxBytes = maxMessageBytes(s, 'proxy', false);
   const security = await linkSecurity(s, 'proxy', [['frontend', frontend], ['backend', backend]], logger);
   const balancer = new Proxy({
@@ -338,7 +353,7 @@ export async function proxy(s: Settings): Promise<void> {
     return { ready: balancer.state === 'running' && workers > 0, stages: [{ index, name, workers }] };
   };
   const admin = await startAdmin(s, 'proxy', { stages: () => [sample()] }, ready, logger);
-  onSignals(async () => {
+  stopOnSignal(async () => {
     await admin?.close();
     // Jobs already here finish (or time out) before the reports stop.
     await balancer.close();
@@ -355,6 +370,7 @@ export async function worker(s: Settings): Promise<void> {
     throw new UsageError('--transport must be thread or process for worker, whose proxy runs in another process, got "inline"');
   }
   const { level, logger } = makeLogger(s, 'worker', 'worker');
+  const stopOnSignal = onSignals();
   let stage;
   let module: string;
   try {
@@ -383,7 +399,7 @@ export async function worker(s: Settings): Promise<void> {
     const ready = (): Readiness => ({ ready: w.state === 'running', stages: [] });
     // Signals are handled from the start: a worker may wait a long time for its proxy.
     const started: { admin?: AdminServer | undefined } = {};
-    onSignals(async () => {
+    stopOnSignal(async () => {
       await started.admin?.close();
       await w.close();
     });
@@ -406,7 +422,7 @@ export async function worker(s: Settings): Promise<void> {
     logger,
   });
   const started: { admin?: AdminServer | undefined } = {};
-  onSignals(async () => {
+  stopOnSignal(async () => {
     await started.admin?.close();
     await pool.close();
   });
