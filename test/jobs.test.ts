@@ -51,6 +51,16 @@ describe('jobs from code: send', () => {
     expect(await markOf(gone, 'started')).toBe('BF_ERR_CANCELLED');
   });
 
+  it('tells a handler that never armed its own deadline timer BF_ERR_DEADLINE, from the cancel its timed-out request sends', async () => {
+    // The client checks deadlines every 5 ms here, the worker every 50 ms: the client's
+    // cancel mostly reaches the handler first, and it must say why the request ended.
+    await using bf = await start({ http: false, workers: 1, pipeline: JOBS, requestTimeoutMs: 50 });
+    const mark = markFile();
+    const sent = bf.jobs.send({ op: 'nap', ms: 400, mark }, { timeoutMs: 150 });
+    expect(await rejection(sent)).toMatchObject({ code: 'BF_ERR_DEADLINE', status: 504 });
+    expect(await markOf(mark, 'started')).toBe('BF_ERR_DEADLINE');
+  });
+
   it('sends a job refused with 503 again when asked to, and not otherwise', async () => {
     // One worker running one job at a time, and no queue: a second job is refused while the first runs.
     await using bf = await start({ http: false, workers: 1, pipeline: { stages: [{ module: fixture('job-stage.js'), concurrency: 1, prefetch: 0, maxQueue: 0 }] } });
