@@ -6,7 +6,9 @@ import {
   MAX_WORKER_SLOTS,
   WIRE_VERSION,
   allocateBody,
+  encodeInPlace,
   encodeRequestJob,
+  recycleBody,
   restamp,
   readHello,
   readReturned,
@@ -26,7 +28,9 @@ import {
   readWelcome,
   writeError,
   writeResponse,
+  writeResponseHead,
   writeValue,
+  writeValueHead,
   writeWelcome,
   PortOutbox,
   receivePort,
@@ -341,5 +345,63 @@ describe('batches through a port', () => {
     port1.close();
     expect(got[0]!.equals(everyByte)).toBe(true);
     expect(got[1]!.equals(larger)).toBe(true);
+  });
+});
+
+describe('large messages written in place and memory used again', () => {
+  it("writes a record's head in front of a body in a message it holds whole, and declines a body elsewhere or without room", () => {
+    const own = Buffer.alloc(300_000, 7);
+    const body = own.subarray(20_000, 220_000);
+    const reply = { status: 201, headers: ['content-type', 'application/octet-stream'], body };
+    const frame = encodeInPlace(own, body, Kind.RESULT, 0, 1, 0x100000009, 0, (w) => writeResponseHead(w, reply))!;
+    expect(frame.buffer).toBe(own.buffer);
+    expect(frame.byteOffset + frame.length).toBe(body.byteOffset + body.length);
+    const [record, ...rest] = decodeRecords(frame);
+    expect(rest).toHaveLength(0);
+    expect(record).toMatchObject({ kind: Kind.RESULT, id: 0x100000009, stage: 1 });
+    const back = readResponse(record!.payload);
+    expect([back.status, back.headers]).toEqual([201, reply.headers]);
+    expect(back.body.equals(Buffer.alloc(200_000, 7))).toBe(true);
+    // A value's head: bytes, or a request and its body.
+    const job = encodeInPlace(own, own.subarray(100_000), Kind.JOB, 0, 2, 5, 0, (w) => writeValueHead(w, own.subarray(100_000)))!;
+    expect((readValue(decodeRecords(job)[0]!.payload) as Buffer).equals(Buffer.alloc(200_000, 7))).toBe(true);
+    expect(encodeInPlace(own, Buffer.alloc(200_000), Kind.RESULT, 0, 1, 1, 0, (w) => writeResponseHead(w, reply))).toBeUndefined();
+    expect(encodeInPlace(own, own.subarray(3), Kind.RESULT, 0, 1, 1, 0, (w) => writeResponseHead(w, reply))).toBeUndefined();
+  });
+
+  it("reads a later large body into the memory of an answer received whole from another thread, at most 8 of them, and never into other memory", async () => {
+    const { port1, port2 } = new MessageChannel();
+    const received: Buffer[] = [];
+    const all = new Promise<void>((resolve) => {
+      receivePort(port2, (frame) => {
+        received.push(frame);
+        if (received.length === 9) resolve();
+      }, { warn: () => {} }, 'test');
+    });
+    for (let i = 0; i < 9; i++) port1.postMessage(new Uint8Array(100_000));
+    await all;
+    port1.close();
+    // Memory this thread made itself is not kept: it may be shared with whatever made it.
+    const mine = Buffer.allocUnsafeSlow(100_000);
+    recycleBody(mine.subarray(16 * 1024));
+    expect(allocateBody(80_000).buffer).not.toBe(mine.buffer);
+    for (const frame of received) recycleBody(frame.subarray(16 * 1024));
+    const reused = new Set(received.map((f) => f.buffer));
+    const bodies = Array.from({ length: 9 }, () => allocateBody(80_000));
+    expect(bodies.filter((b) => reused.has(b.buffer))).toHaveLength(8);
+    expect(new Set(bodies.map((b) => b.buffer)).size).toBe(9);
+    // A body read into kept memory is encoded in place like any other.
+    const req = new RequestData('POST', '/', [], bodies[0]!.fill(3), '');
+    expect(encodeRequestJob(1, 0, req)!.buffer).toBe(bodies[0]!.buffer);
+    // The ninth was not kept; kept now, it is not spent on a body under half its size.
+    const last = received[8]!;
+    expect(reused.has(last.buffer)).toBe(true);
+    expect(bodies.some((b) => b.buffer === last.buffer)).toBe(false);
+    recycleBody(last.subarray(16 * 1024));
+    expect(allocateBody(30_000).buffer).not.toBe(last.buffer);
+    expect(allocateBody(70_000).buffer).toBe(last.buffer);
+    // Memory handed out as a body is no longer held whole: it is not kept twice.
+    recycleBody(bodies[1]!);
+    expect(allocateBody(80_000).buffer).not.toBe(bodies[1]!.buffer);
   });
 });

@@ -1,6 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import * as zmq from 'zeromq';
-import { RecordWriter, decodeRecords, splitFrame, type WireRecord } from './format.js';
+import { LARGE_RECORD_BYTES, RecordWriter, decodeRecords, splitFrame, type WireRecord } from './format.js';
+import { receivedWhole } from './payloads.js';
 
 /** Logs what the socket helpers cannot hand to a caller (a pino logger fits). */
 export interface LinkLogger {
@@ -203,10 +204,11 @@ export class PortOutbox extends TurnBatcher implements RecordSink {
 
   /**
    * Posts `frame` after everything written before. With `move`, its memory is handed to the
-   * other thread (gone from this one), else the bytes are copied. Only the front end's
-   * thread moves: moving detaches memory in the sending thread, and a thread with one
-   * detached buffer runs every typed-array access checked from then on, so that a stage's
-   * loops over bytes in a worker that moved would run about a third slower.
+   * other thread (gone from this one), else the bytes are copied. Moving detaches memory in
+   * the sending thread, and a thread with one detached buffer runs every typed-array access
+   * checked from then on (a stage's loops over bytes about a third slower), so a worker
+   * moves only the memory a job came in, passed on with the record written in front of its
+   * body (see `StageWorker.emit`); the front end's thread moves its large jobs.
    * @returns true when the bytes were moved.
    */
   sendAlone(frame: Buffer, move = false): boolean {
@@ -254,7 +256,13 @@ const STRING_BATCH_BYTES = 4 * 1024 - 1;
 export function receivePort(port: MessagePort, onFrame: (frame: Buffer) => void, logger: LinkLogger, name: string): void {
   port.on('message', (bytes: Uint8Array | string) => {
     try {
-      onFrame(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      if (typeof bytes === 'string') {
+        onFrame(Buffer.from(bytes, 'latin1'));
+        return;
+      }
+      const frame = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (frame.length >= LARGE_RECORD_BYTES) receivedWhole(frame);
+      onFrame(frame);
     } catch (err) {
       logger.warn({ err, port: name }, 'message handler failed');
     }

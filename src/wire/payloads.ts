@@ -1,4 +1,4 @@
-import { Kind, PayloadReader, RecordWriter, WireError, extendPayload } from './format.js';
+import { Kind, type KindValue, LARGE_RECORD_BYTES, PayloadReader, RecordWriter, WireError, extendPayload } from './format.js';
 
 /** Bytes kept free in front of a body from `allocateBody`, for the head of its record. */
 const BODY_HEADROOM = 16 * 1024;
@@ -11,9 +11,48 @@ const roomy = new WeakSet<Buffer>();
  * the job's record: a large body then becomes a job's message without being copied.
  */
 export function allocateBody(size: number): Buffer {
-  const body = Buffer.allocUnsafeSlow(BODY_HEADROOM + size).subarray(BODY_HEADROOM);
+  const need = BODY_HEADROOM + size;
+  let memory: ArrayBuffer | undefined;
+  for (let i = spare.length - 1; i >= 0; i--) {
+    const candidate = spare[i]!;
+    if (candidate.byteLength >= need && candidate.byteLength <= 2 * need) {
+      memory = candidate;
+      spare.splice(i, 1);
+      break;
+    }
+  }
+  const body = memory === undefined ? Buffer.allocUnsafeSlow(need).subarray(BODY_HEADROOM) : Buffer.from(memory, BODY_HEADROOM, size);
   roomy.add(body);
   return body;
+}
+
+/**
+ * Memory of large messages this thread received whole from another thread (moved or
+ * copied to it, see `receivePort`): nothing outside this thread holds it.
+ */
+const whole = new WeakSet<ArrayBuffer>();
+
+/** Memory given back by `recycleBody`, for `allocateBody` to read the next bodies into. */
+const spare: ArrayBuffer[] = [];
+/** Buffers kept in `spare`, at most. */
+const SPARE_BUFFERS = 8;
+
+/** Marks `frame`, a large message received from another thread, as memory this thread holds whole. */
+export function receivedWhole(frame: Buffer): void {
+  if (frame.buffer instanceof ArrayBuffer) whole.add(frame.buffer);
+}
+
+/**
+ * Keeps the memory of an answer's body, once written and never to be read again, to read a
+ * later request's body into: a large body then costs no fresh memory (each page of fresh
+ * memory faults in when first written, and the collector has to find and free it). Only
+ * memory from `receivedWhole` is kept, and at most `SPARE_BUFFERS` of it.
+ */
+export function recycleBody(body: Buffer): void {
+  const memory = body.buffer;
+  if (body.length < LARGE_RECORD_BYTES || !(memory instanceof ArrayBuffer) || !whole.has(memory) || spare.length >= SPARE_BUFFERS) return;
+  whole.delete(memory);
+  spare.push(memory);
 }
 
 /**
@@ -34,6 +73,28 @@ export function encodeRequestJob(id: number, deadline: number, req: RequestData)
   const start = body.byteOffset - head.length;
   if (start < 0) return undefined;
   roomy.delete(body);
+  const frame = Buffer.from(body.buffer, start, head.length + body.length);
+  head.copy(frame, 0);
+  extendPayload(frame, body.length);
+  return frame;
+}
+
+/**
+ * Encodes a record alone in its message, its payload ending with `body`, by writing the
+ * record's head (from `kind` to what `writeHead` writes) into the memory in front of the
+ * body, so that the body is not copied. Only for a body in `own`'s memory, a message this
+ * thread holds whole (it came moved here), whose bytes in front of the body are no longer
+ * needed. Undefined when the body is elsewhere or the room in front is too small.
+ */
+export function encodeInPlace(own: Buffer, body: Buffer, kind: KindValue, flags: number, stage: number, id: number, deadline: number, writeHead: (w: RecordWriter) => void): Buffer | undefined {
+  if (body.buffer !== own.buffer) return undefined;
+  const w = new RecordWriter(1024);
+  w.begin(kind, flags, stage, id, deadline);
+  writeHead(w);
+  w.end();
+  const head = w.take();
+  const start = body.byteOffset - head.length;
+  if (start < 0) return undefined;
   const frame = Buffer.from(body.buffer, start, head.length + body.length);
   head.copy(frame, 0);
   extendPayload(frame, body.length);
@@ -96,6 +157,23 @@ export function writeValue(w: RecordWriter, value: Value): void {
   }
 }
 
+/**
+ * Writes the head of a value that ends with bytes (a Buffer, or a request and its body) and
+ * returns those bytes, for `encodeInPlace`; undefined (nothing written) for any other value.
+ */
+export function writeValueHead(w: RecordWriter, value: Value): Buffer | undefined {
+  if (Buffer.isBuffer(value)) {
+    w.u8(ValueTag.BYTES);
+    return value;
+  }
+  if (value instanceof RequestData) {
+    w.u8(ValueTag.REQUEST);
+    writeRequestHead(w, value);
+    return value.body;
+  }
+  return undefined;
+}
+
 /** Decodes a value written by `writeValue`; bytes (and a request's body) are views into `payload`, not copies. */
 export function readValue(payload: Buffer): Value {
   const r = new PayloadReader(payload);
@@ -155,6 +233,12 @@ function readRequest(r: PayloadReader): RequestData {
 
 /** Appends a response: u16 status, u8 header count, each header u8-prefixed name and u16-prefixed value, then the body. */
 export function writeResponse(w: RecordWriter, res: ResponseData): void {
+  writeResponseHead(w, res);
+  w.bytes(res.body);
+}
+
+/** Everything of a response but its body, which follows it to the end of the payload. */
+export function writeResponseHead(w: RecordWriter, res: ResponseData): void {
   w.u16(res.status);
   const h = res.headers;
   if (h.length > 0x1fe) throw new WireError(`too many response headers (${h.length >> 1})`);
@@ -163,7 +247,6 @@ export function writeResponse(w: RecordWriter, res: ResponseData): void {
     w.prefixedUtf8(h[i]!, 1);
     w.prefixedUtf8(h[i + 1]!, 2);
   }
-  w.bytes(res.body);
 }
 
 /** Decodes a response written by `writeResponse`; the body is a view into the payload. */

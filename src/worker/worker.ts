@@ -12,6 +12,7 @@ import {
   Kind,
   LARGE_RECORD_BYTES,
   RequestData,
+  encodeInPlace,
   readValue,
   readWelcome,
   writeErrorRecord,
@@ -19,7 +20,9 @@ import {
   writeHello,
   writeReturned,
   writeResponse,
+  writeResponseHead,
   writeValue,
+  writeValueHead,
   type KindValue,
   type LinkSecurity,
   type RecordSink,
@@ -385,7 +388,11 @@ export class StageWorker {
   }
 
   private run(r: WireRecord): void {
-    if (this.movedIn.size > 0) this.movedIn.delete(r.id);
+    let moved: Buffer | undefined;
+    if (this.movedIn.size > 0) {
+      moved = this.movedIn.get(r.id);
+      this.movedIn.delete(r.id);
+    }
     const now = Date.now();
     if (r.deadline !== 0 && r.deadline <= now) {
       // The front end has answered 504 already.
@@ -394,6 +401,7 @@ export class StageWorker {
     }
     const budget = this.budgetMs === 0 ? 0 : now + this.budgetMs;
     const job = new Job(r.id, r.stage, r.deadline, budget !== 0 && (r.deadline === 0 || budget < r.deadline) ? budget : r.deadline, r.flags & ~Flag.RETRIED, this.expireBound, this.stageEvents);
+    job.moved = moved;
     this.running.set(job.id, job);
     if (job.deadline !== 0) {
       const stuckAfter = job.deadline + this.options.graceMs + WATCHDOG_MARGIN_MS;
@@ -446,8 +454,9 @@ export class StageWorker {
       }
       const payload = outcome.payload;
       const value = (payload instanceof HttpRequest ? payload.data : payload) as Value;
-      const size = Buffer.isBuffer(value) ? value.length : value instanceof RequestData ? value.body.length : 0;
-      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value), size)) this.done(job);
+      const tail = Buffer.isBuffer(value) ? value : value instanceof RequestData ? value.body : undefined;
+      const head = (w: RecordWriter): void => void writeValueHead(w, value);
+      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value), tail?.length ?? 0, tail, head)) this.done(job);
       return;
     }
     let reply: Reply;
@@ -457,21 +466,38 @@ export class StageWorker {
       this.fail(job, err);
       return;
     }
-    if (this.emit(this.link.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length)) this.done(job);
+    if (this.emit(this.link.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length, reply.body, (w) => writeResponseHead(w, reply))) this.done(job);
   }
 
   /**
    * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
    * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
    * A record with `size` or more bytes of body (`LARGE_RECORD_BYTES`) goes in a message of
-   * its own, never copied into a batch (to a thread of this process, it is posted as a copy:
-   * see `PortOutbox.sendAlone`).
+   * its own, never copied into a batch. When that body (`tail`) is still in the memory the
+   * job came in, moved to this thread, the record's head (what `head` writes) goes in front
+   * of it and that memory moves on, uncopied; otherwise the record is written in memory of
+   * its own, which a thread of this process posts as a copy (see `PortOutbox.sendAlone`).
    */
-  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number): boolean {
+  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number, tail?: Buffer, head?: (w: RecordWriter) => void): boolean {
     const alone = size >= LARGE_RECORD_BYTES;
+    const flags = kind === Kind.JOB ? job.flags : 0;
+    if (alone && job.moved !== undefined && tail !== undefined && head !== undefined) {
+      let frame: Buffer | undefined;
+      try {
+        frame = encodeInPlace(job.moved, tail, kind, flags, stage, job.id, job.requestDeadline, head);
+      } catch (err) {
+        this.fail(job, err);
+        return false;
+      }
+      if (frame !== undefined && frame.length <= this.options.maxMessageBytes) {
+        job.moved = undefined;
+        outbox.sendAlone(frame, true);
+        return true;
+      }
+    }
     const w = alone ? new RecordWriter(size + 16 * 1024) : outbox.writer;
     const start = w.length;
-    w.begin(kind, kind === Kind.JOB ? job.flags : 0, stage, job.id, job.requestDeadline);
+    w.begin(kind, flags, stage, job.id, job.requestDeadline);
     try {
       write(w);
     } catch (err) {
@@ -594,6 +620,8 @@ class Job implements StageContext {
   cancelled = false;
   /** True once the worker has handled this job's deadline. */
   expired = false;
+  /** The message this job came in, moved to this thread whole: a large outcome may be written into it. */
+  moved: Buffer | undefined;
 
   /**
    * @param requestDeadline the request's deadline, carried on to later stages

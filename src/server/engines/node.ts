@@ -1,7 +1,7 @@
 import http from 'node:http';
 import net, { type Socket } from 'node:net';
 import { ButterflyError } from '../../errors.js';
-import { LARGE_RECORD_BYTES, allocateBody, type ErrorData } from '../../wire/index.js';
+import { LARGE_RECORD_BYTES, allocateBody, recycleBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, errorBody, refusal } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
 
@@ -530,6 +530,8 @@ function writeResponse(res: http.ServerResponse, status: number, headers: readon
   all.push('content-length', String(body.length));
   if (close) all.push('connection', 'close');
   res.writeHead(status, all);
+  // Once written, a large body's memory may take the next large request's body.
+  if (body.length >= LARGE_RECORD_BYTES) res.once('finish', () => recycleBody(body));
   res.end(body);
 }
 
