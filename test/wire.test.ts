@@ -369,7 +369,7 @@ describe('large messages written in place and memory used again', () => {
     expect(encodeInPlace(own, own.subarray(3), Kind.RESULT, 0, 1, 1, 0, (w) => writeResponseHead(w, reply))).toBeUndefined();
   });
 
-  it("reads a later large body into the memory of an answer received whole from another thread, at most 8 of them, and never into other memory", async () => {
+  it("reads a later large body into the memory of an answer received whole from another thread, at most 8 buffers and 16 MiB of them, and never into other memory", async () => {
     const { port1, port2 } = new MessageChannel();
     const received: Buffer[] = [];
     const all = new Promise<void>((resolve) => {
@@ -400,6 +400,14 @@ describe('large messages written in place and memory used again', () => {
     recycleBody(last.subarray(16 * 1024));
     expect(allocateBody(30_000).buffer).not.toBe(last.buffer);
     expect(allocateBody(70_000).buffer).toBe(last.buffer);
+    // Nor is memory past 16 MiB in all.
+    const { port1: huge1, port2: huge2 } = new MessageChannel();
+    const hugeFrame = new Promise<Buffer>((resolve) => receivePort(huge2, resolve, { warn: () => {} }, 'test'));
+    huge1.postMessage(new Uint8Array(17 * 1024 * 1024));
+    const huge = await hugeFrame;
+    huge1.close();
+    recycleBody(huge.subarray(16 * 1024));
+    expect(allocateBody(16 * 1024 * 1024).buffer).not.toBe(huge.buffer);
     // Memory handed out as a body is no longer held whole: it is not kept twice.
     recycleBody(bodies[1]!);
     expect(allocateBody(80_000).buffer).not.toBe(bodies[1]!.buffer);

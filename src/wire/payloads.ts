@@ -18,6 +18,7 @@ export function allocateBody(size: number): Buffer {
     if (candidate.byteLength >= need && candidate.byteLength <= 2 * need) {
       memory = candidate;
       spare.splice(i, 1);
+      spareBytes -= candidate.byteLength;
       break;
     }
   }
@@ -34,8 +35,10 @@ const whole = new WeakSet<ArrayBuffer>();
 
 /** Memory given back by `recycleBody`, for `allocateBody` to read the next bodies into. */
 const spare: ArrayBuffer[] = [];
-/** Buffers kept in `spare`, at most. */
+let spareBytes = 0;
+/** Buffers kept in `spare`, and bytes, at most. */
 const SPARE_BUFFERS = 8;
+const SPARE_BYTES = 16 * 1024 * 1024;
 
 /** Marks `frame`, a large message received from another thread, as memory this thread holds whole. */
 export function receivedWhole(frame: Buffer): void {
@@ -46,13 +49,15 @@ export function receivedWhole(frame: Buffer): void {
  * Keeps the memory of an answer's body, once written and never to be read again, to read a
  * later request's body into: a large body then costs no fresh memory (each page of fresh
  * memory faults in when first written, and the collector has to find and free it). Only
- * memory from `receivedWhole` is kept, and at most `SPARE_BUFFERS` of it.
+ * memory from `receivedWhole` is kept, at most `SPARE_BUFFERS` buffers and `SPARE_BYTES`.
  */
 export function recycleBody(body: Buffer): void {
   const memory = body.buffer;
-  if (body.length < LARGE_RECORD_BYTES || !(memory instanceof ArrayBuffer) || !whole.has(memory) || spare.length >= SPARE_BUFFERS) return;
+  if (body.length < LARGE_RECORD_BYTES || !(memory instanceof ArrayBuffer) || !whole.has(memory)) return;
+  if (spare.length >= SPARE_BUFFERS || spareBytes + memory.byteLength > SPARE_BYTES) return;
   whole.delete(memory);
   spare.push(memory);
+  spareBytes += memory.byteLength;
 }
 
 /**
