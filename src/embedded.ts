@@ -177,7 +177,7 @@ async function startStage(w: StageWiring, i: number, desc: PipelineStage, stage:
     transport: desc.transport ?? o.transport,
     concurrency: desc.concurrency,
     prefetch: desc.prefetch,
-    attach: () => proxy.attachPort(),
+    attach: (whileIdle) => proxy.attachPort(whileIdle),
     maxMessageBytes: o.maxMessageBytes,
     timeoutMs: desc.timeoutMs,
     // The proxy hears of a worker's exit at once, not a liveness window later.
@@ -233,7 +233,7 @@ function checkOptions(o: ButterflyOptions, given: Partial<ButterflyOptions>): Pi
  * not one, WorkerStartError when a stage's workers fail to start.
  */
 export async function startButterfly(options: Partial<ButterflyOptions> = {}): Promise<Butterfly> {
-  const o = withDefaults<ButterflyOptions>({ ...BUTTERFLY_DEFAULTS, pipeline: isPrimePipeline() } as ButterflyOptions, options);
+  const o = withDefaults<ButterflyOptions>({ ...BUTTERFLY_DEFAULTS, pipeline: isPrimePipeline(options.transport) } as ButterflyOptions, options);
   const pipeline = checkOptions(o, options);
   const logger = o.logger;
   const dir = mkdtempSync(join(tmpdir(), 'butterfly-'));

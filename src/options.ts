@@ -124,8 +124,8 @@ export const OPTIONS = Object.freeze({
     doc: 'workers per stage (worker: workers this process runs, more than 1 as a supervised pool)',
   },
   transport: {
-    kind: 'choice', choices: ['thread', 'process', 'inline'], default: 'thread', commandDefault: { worker: 'process' }, defaultText: 'thread; process for worker', arg: 'thread|process|inline', commands: ['serve', 'simulate', 'worker'], section: 'Pipeline',
-    doc: "how workers run: threads talk to their proxy through ports; a process can be killed when stuck; inline runs them in the proxy's thread, for light stages that never block (not for worker)",
+    kind: 'choice', choices: ['thread', 'process', 'inline', 'adaptive'], default: 'thread', commandDefault: { worker: 'process' }, defaultText: 'thread; process for worker', arg: 'thread|process|inline|adaptive', commands: ['serve', 'simulate', 'worker'], section: 'Pipeline',
+    doc: "how workers run: threads talk to their proxy through ports; a process can be killed when stuck; inline runs them in the proxy's thread, for light stages that never block; adaptive adds an inline worker to the threads, sent the jobs while the proxy's thread has time to spare (inline and adaptive not for worker)",
   },
   maxQueue: { kind: 'integer', min: 0, max: 10_000_000, default: 1024, doc: 'jobs waiting per stage, at its proxy or prefetched by its workers, before 503', arg: 'N', commands: ['serve', 'simulate', 'proxy'], section: 'Pipeline' },
   maxQueueBytes: { kind: 'integer', min: 0, default: 64 * 1024 * 1024, doc: 'bytes of jobs waiting per stage before 503', arg: 'BYTES', commands: ['serve', 'simulate', 'proxy'], section: 'Pipeline' },

@@ -366,8 +366,9 @@ export async function proxy(s: Settings): Promise<void> {
 export async function worker(s: Settings): Promise<void> {
   const stageRef = required(s, 'stage', 'worker');
   const connect = required(s, 'connect', 'worker');
-  if (get(s, 'transport', 'worker') === 'inline') {
-    throw new UsageError('--transport must be thread or process for worker, whose proxy runs in another process, got "inline"');
+  const transport = get(s, 'transport', 'worker');
+  if (transport === 'inline' || transport === 'adaptive') {
+    throw new UsageError(`--transport must be thread or process for worker, whose proxy runs in another process, got "${transport}"`);
   }
   const { level, logger } = makeLogger(s, 'worker', 'worker');
   const stopOnSignal = onSignals();

@@ -56,7 +56,7 @@ export interface Settings {
   pipeline?: PipelineSource;
   target?: string;
   workers?: number;
-  transport?: 'thread' | 'process' | 'inline';
+  transport?: 'thread' | 'process' | 'inline' | 'adaptive';
   maxQueue?: number;
   maxQueueBytes?: number;
   heartbeatMs?: number;

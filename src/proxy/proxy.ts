@@ -107,6 +107,12 @@ export const PROXY_DEFAULTS = Object.freeze({
 
 const EMPTY = Buffer.alloc(0);
 
+/** How often a proxy with a worker in its own thread samples the thread's event loop, in ms. */
+const IDLE_SAMPLE_MS = 100;
+/** Share of that time the event loop may be busy for the thread to count as having time to spare: below the first to start, up to the second to go on. */
+const IDLE_FROM = 0.5;
+const IDLE_UNTIL = 0.7;
+
 type Required = 'stage' | 'name' | 'frontend' | 'backend' | 'next' | 'loopback';
 
 interface Job extends Linked<Job> {
@@ -127,6 +133,8 @@ interface Job extends Linked<Job> {
 
 /** How the proxy writes to one worker: a ZeroMQ peer of its backend, or a worker thread's port. */
 interface WorkerLink {
+  /** Its worker runs in this thread and takes jobs only while the thread has time to spare (see `attachPort`). */
+  readonly whileIdle?: boolean;
   writer(): RecordWriter;
   /** Returns true when the bytes were moved to the worker's thread. */
   sendAlone(frame: Buffer, move: boolean): boolean;
@@ -157,6 +165,8 @@ interface WorkerEntry {
   lastSeen: number;
   alive: boolean;
   leaving: boolean;
+  /** See `WorkerLink.whileIdle`. */
+  readonly whileIdle: boolean;
 }
 
 /** A point-in-time view of a proxy, for metrics and readiness. */
@@ -216,6 +226,11 @@ export class Proxy {
   /** Jobs sent to workers beyond their concurrency: they wait there and count against `maxQueue`. */
   private prefetched = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  /** The worker in this thread that takes jobs while the thread has time to spare, if any (see `attachPort`). */
+  private idleWorker: WorkerEntry | undefined;
+  /** Whether this thread's event loop had time to spare at the last sample (see `watchIdle`). */
+  private spareTime = true;
+  private idleTimer: NodeJS.Timeout | undefined;
   private loops: Promise<void>[] = [];
   /** Publishes the events of this proxy's worker threads (with `events`), connected at start: a publisher drops what it sends before. */
   private events: Events | undefined;
@@ -293,18 +308,45 @@ export class Proxy {
   }
 
   /**
+   * Samples this thread's event-loop utilisation every `IDLE_SAMPLE_MS` for a worker that
+   * takes jobs only while the thread has time to spare (see `attachPort`).
+   */
+  private watchIdle(): void {
+    if (this.idleTimer !== undefined) return;
+    let mark = performance.eventLoopUtilization();
+    this.idleTimer = setInterval(() => {
+      const now = performance.eventLoopUtilization();
+      const busy = performance.eventLoopUtilization(now, mark).utilization;
+      mark = now;
+      const was = this.spareTime;
+      this.spareTime = busy < (was ? IDLE_UNTIL : IDLE_FROM);
+      if (this.spareTime && !was && this.queue.size > 0) {
+        this.drainQueue();
+        this.scheduleWorkers();
+      }
+    }, IDLE_SAMPLE_MS);
+    this.idleTimer.unref();
+  }
+
+  /**
    * A channel for one worker thread of this process, in place of a ZeroMQ connection:
    * hand the returned port to the thread (`StageWorker`'s `port` option). Records cross it
    * without copies of large payloads and without ZeroMQ's I/O threads; the worker's
    * answers and next-stage jobs come back through it and go on through `localLoopback`
    * and `localNext`. The port is closed when its worker leaves or is dropped.
+   * @param whileIdle for a worker in this thread (inline) beside worker threads: it is sent
+   * every job it has room for while this thread's event loop is busy less than half the
+   * time, and none while it is busy more than 70% of it, so that a light stage costs no
+   * hop to another thread until the front end needs its thread for itself.
    */
-  attachPort(): MessagePort {
+  attachPort(whileIdle = false): MessagePort {
     const channel = new MessageChannel();
     const key = `port-${++this.portCount}`;
     const port = channel.port1;
     const outbox = new PortOutbox(port);
+    if (whileIdle) this.watchIdle();
     const link: WorkerLink = {
+      whileIdle,
       writer: () => {
         this.dirtyPorts.add(outbox);
         return outbox.writer;
@@ -382,6 +424,7 @@ export class Proxy {
     this.lifecycle = 'closed';
     this.drained?.();
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    if (this.idleTimer !== undefined) clearInterval(this.idleTimer);
     this.frontend.close();
     this.backend.close();
     this.loopbackSocket?.close();
@@ -455,6 +498,16 @@ export class Proxy {
   private dispatch(job: Job): boolean {
     const silentAfter = Date.now() - this.options.heartbeatMs * 1.5;
     const windowFull = this.queuedById.size + this.prefetched >= this.options.maxQueue;
+    // A worker in this thread goes first while the thread has time to spare (see `attachPort`).
+    const idle = this.idleWorker;
+    if (idle !== undefined && this.spareTime && idle.ready && idle.alive && !idle.leaving && idle.credit > 0 && !(windowFull && idle.jobs.size >= idle.concurrency)) {
+      if (idle.lastSeen >= silentAfter) {
+        this.assign(idle, job);
+        return true;
+      }
+      idle.ready = false;
+      idle.parked = true;
+    }
     for (let tries = this.readyWorkers.size; tries > 0; tries--) {
       const worker = this.readyWorkers.shift()!;
       if (!worker.alive || worker.leaving || worker.credit <= 0) {
@@ -471,36 +524,48 @@ export class Proxy {
         this.readyWorkers.push(worker);
         continue;
       }
-      if (prefetch) this.prefetched++;
-      worker.credit--;
-      worker.jobs.set(job.id, job);
-      job.dispatchedAt = performance.now();
-      this.assigned.set(job.id, worker);
-      if (job.frame !== undefined) {
-        restamp(job.frame, job.flags, this.options.stage, job.deadline);
-        // An idempotent stage may have to send the job again: it keeps the bytes.
-        if (worker.link.sendAlone(job.frame, !this.options.idempotent)) {
-          job.moved = true;
-          job.frame = undefined;
-          job.payload = EMPTY;
-        }
-      } else {
-        const w = worker.link.writer();
-        w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
-        w.bytes(job.payload);
-        w.end();
-      }
-      if (worker.credit > 0) this.readyWorkers.push(worker);
-      else worker.ready = false;
+      this.assign(worker, job);
       return true;
     }
     return false;
   }
 
+  /** Sends `job` to `worker`, which has credit for it. */
+  private assign(worker: WorkerEntry, job: Job): void {
+    const prefetch = worker.jobs.size >= worker.concurrency;
+    if (prefetch) this.prefetched++;
+    worker.credit--;
+    worker.jobs.set(job.id, job);
+    job.dispatchedAt = performance.now();
+    this.assigned.set(job.id, worker);
+    if (job.frame !== undefined) {
+      restamp(job.frame, job.flags, this.options.stage, job.deadline);
+      // An idempotent stage may have to send the job again: it keeps the bytes.
+      if (worker.link.sendAlone(job.frame, !this.options.idempotent)) {
+        job.moved = true;
+        job.frame = undefined;
+        job.payload = EMPTY;
+      }
+    } else {
+      const w = worker.link.writer();
+      w.begin(Kind.JOB, job.flags, this.options.stage, job.id, job.deadline);
+      w.bytes(job.payload);
+      w.end();
+    }
+    if (worker.whileIdle) {
+      // Never on the ready list: it is taken first, not in turn.
+      if (worker.credit <= 0) worker.ready = false;
+    } else if (worker.credit > 0) {
+      this.readyWorkers.push(worker);
+    } else {
+      worker.ready = false;
+    }
+  }
+
   private makeReady(worker: WorkerEntry): void {
     if (worker.ready || worker.parked || !worker.alive || worker.leaving || worker.credit <= 0) return;
     worker.ready = true;
-    this.readyWorkers.push(worker);
+    if (!worker.whileIdle) this.readyWorkers.push(worker);
   }
 
   private drainQueue(): void {
@@ -678,8 +743,10 @@ export class Proxy {
       lastSeen: Date.now(),
       alive: true,
       leaving: false,
+      whileIdle: link.whileIdle === true,
     };
     this.workers.set(key, worker);
+    if (worker.whileIdle) this.idleWorker = worker;
     this.liveCount++;
     if (label !== '') this.byLabel.set(label, worker);
     const o = this.options;
@@ -778,6 +845,7 @@ export class Proxy {
   private remove(worker: WorkerEntry, release = worker.leaving): void {
     if (worker.alive && !worker.leaving) this.liveCount--;
     worker.alive = false;
+    if (this.idleWorker === worker) this.idleWorker = undefined;
     this.workers.delete(worker.key);
     if (this.byLabel.get(worker.label) === worker) this.byLabel.delete(worker.label);
     if (release) worker.link.writer().empty(Kind.BYE, this.options.stage, 0);

@@ -7,11 +7,12 @@ import { type HttpRequest, type StageDefinition, checkStage } from './stage.js';
 import { TYPESCRIPT, compileTypeScript } from './typescript.js';
 
 /**
- * How a stage's workers run: threads of this process, separate processes, or inline, in
- * the thread that holds the stage's proxy (the front end's, in one process): no hop to
- * another thread, for light stages whose handlers never block.
+ * How a stage's workers run: threads of this process, separate processes, inline, in the
+ * thread that holds the stage's proxy (the front end's, in one process): no hop to another
+ * thread, for light stages whose handlers never block; or adaptive: threads, and an inline
+ * worker that takes the stage's jobs while that thread has time to spare.
  */
-export type WorkerTransport = 'thread' | 'process' | 'inline';
+export type WorkerTransport = 'thread' | 'process' | 'inline' | 'adaptive';
 
 /** One stage of a pipeline description. */
 export interface PipelineStage {
@@ -25,7 +26,7 @@ export interface PipelineStage {
   readonly prefetch?: number;
   /** Jobs waiting for a worker of this stage, at most, counting those prefetched by workers (default 1024). */
   readonly maxQueue?: number;
-  /** Threads, processes or inline (default: the pipeline's `transport`). */
+  /** Threads, processes, inline or adaptive (default: the pipeline's `transport`). */
   readonly transport?: WorkerTransport;
   /** Time budget per job in this stage, in ms (default: the stage's own `timeoutMs`, else none). */
   readonly timeoutMs?: number;
@@ -180,12 +181,17 @@ export async function importStage(module: string): Promise<StageDefinition> {
   return (await prepareStage(module)).stage;
 }
 
-/** The built-in is_prime pipeline: stage 1 parses and answers the cheap cases, stage 2 does trial division. */
-export function isPrimePipeline(): PipelineDescription {
+/**
+ * The built-in is_prime pipeline: stage 1 parses and answers the cheap cases, stage 2 does
+ * trial division. With worker threads (`transport` 'thread', the default), stage 1 is
+ * adaptive: its few microseconds of work run in the front end's thread while that thread
+ * has time to spare, and in worker threads when it is busy.
+ */
+export function isPrimePipeline(transport?: WorkerTransport): PipelineDescription {
   return {
     routes: ['/is_prime'],
     stages: [
-      { module: new URL('./is-prime/parse.js', import.meta.url).href },
+      { module: new URL('./is-prime/parse.js', import.meta.url).href, transport: transport === undefined || transport === 'thread' ? 'adaptive' : transport },
       { module: new URL('./is-prime/check.js', import.meta.url).href },
     ],
   };

@@ -22,7 +22,11 @@ export interface WorkerPoolOptions {
   connect: string;
   /** Workers to keep running. Default 2. */
   workers: number;
-  /** Processes, threads, or inline in the proxy's thread (which needs `attach`). Default `process` (see `kill`). */
+  /**
+   * Processes, threads, inline in the proxy's thread, or adaptive: threads and one inline
+   * worker, which the proxy prefers while its thread has time to spare (inline and adaptive
+   * need `attach`). Default `process` (see `kill`).
+   */
   transport: WorkerTransport;
   /** Jobs one worker runs at once; undefined for the stage's own default. */
   concurrency: number | undefined;
@@ -30,10 +34,11 @@ export interface WorkerPoolOptions {
   prefetch: number | undefined;
   /**
    * For thread and inline workers whose proxy is in this process: gives each new worker its
-   * channel to the proxy (`Proxy.attachPort`). Such threads open no socket, so a stuck one
-   * can be terminated and replaced like a process (an inline worker can only be closed).
+   * channel to the proxy (`Proxy.attachPort`; `whileIdle` for an adaptive stage's inline worker).
+   * Such threads open no socket, so a stuck one can be terminated and replaced like a
+   * process (an inline worker can only be closed).
    */
-  attach: (() => MessagePort) | undefined;
+  attach: ((whileIdle: boolean) => MessagePort) | undefined;
   /** Largest ZeroMQ message, in bytes. Default 64 MiB. */
   maxMessageBytes: number;
   /** How long a worker may take to start (import, setup, join), in ms. Default 10000. */
@@ -79,6 +84,8 @@ interface Slot {
   startedAt: number;
   failures: number;
   timer: NodeJS.Timeout | undefined;
+  /** Its worker runs in the proxy's thread. */
+  readonly inline: boolean;
 }
 
 /**
@@ -111,7 +118,7 @@ export class WorkerPool {
     const o = withDefaults<WorkerPoolOptions>(POOL_DEFAULTS as WorkerPoolOptions, options);
     check('startTimeoutMs', o.startTimeoutMs);
     check('closeTimeoutMs', o.closeTimeoutMs);
-    if (o.transport === 'inline' && o.attach === undefined) {
+    if ((o.transport === 'inline' || o.transport === 'adaptive') && o.attach === undefined) {
       throw new InvalidOptionError('transport', "thread or process where the stage's proxy runs in another process", o.transport);
     }
     this.options = o;
@@ -142,8 +149,10 @@ export class WorkerPool {
    */
   async start(): Promise<void> {
     const starts: Promise<void>[] = [];
-    for (let i = 0; i < this.options.workers; i++) {
-      const slot: Slot = { handle: undefined, label: '', generation: 0, startedAt: 0, failures: 0, timer: undefined };
+    // An adaptive stage has one inline worker beside its threads.
+    const inline = this.options.transport === 'adaptive' ? 1 : 0;
+    for (let i = 0; i < this.options.workers + inline; i++) {
+      const slot: Slot = { handle: undefined, label: '', generation: 0, startedAt: 0, failures: 0, timer: undefined, inline: this.options.transport === 'inline' || i === this.options.workers };
       this.slots.push(slot);
       starts.push(this.spawn(slot));
     }
@@ -241,7 +250,7 @@ export class WorkerPool {
     slot.generation++;
     const label = `${o.name}#${this.slots.indexOf(slot)}.${slot.generation}@${this.identity}`;
     const launch = this.launch(label);
-    const handle = o.transport === 'inline' ? startInlineWorker(launch, o.attach!()) : o.transport === 'thread' ? startThreadWorker(launch, o.attach?.()) : startProcessWorker(launch);
+    const handle = slot.inline ? startInlineWorker(launch, o.attach!(o.transport === 'adaptive')) : o.transport === 'process' ? startProcessWorker(launch) : startThreadWorker(launch, o.attach?.(false));
     slot.handle = handle;
     slot.label = label;
     slot.startedAt = Date.now();
