@@ -69,18 +69,8 @@ export function recycleBody(body: Buffer): void {
 export function encodeRequestJob(id: number, deadline: number, req: RequestData): Buffer | undefined {
   const body = req.body;
   if (!roomy.has(body)) return undefined;
-  const w = new RecordWriter(1024);
-  w.begin(Kind.JOB, 0, 0, id, deadline);
-  w.u8(ValueTag.REQUEST);
-  writeRequestHead(w, req);
-  w.end();
-  const head = w.take();
-  const start = body.byteOffset - head.length;
-  if (start < 0) return undefined;
-  roomy.delete(body);
-  const frame = Buffer.from(body.buffer, start, head.length + body.length);
-  head.copy(frame, 0);
-  extendPayload(frame, body.length);
+  const frame = encodeInPlace(body, body, Kind.JOB, 0, 0, id, deadline, (w) => void writeValueHead(w, req));
+  if (frame !== undefined) roomy.delete(body);
   return frame;
 }
 
