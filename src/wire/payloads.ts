@@ -138,13 +138,13 @@ export function writeValue(w: RecordWriter, value: Value): void {
   } else if (typeof value === 'string') {
     w.u8(ValueTag.STRING);
     w.utf8(value);
-  } else if (Buffer.isBuffer(value)) {
-    w.u8(ValueTag.BYTES);
-    w.bytes(value);
-  } else if (value instanceof RequestData) {
-    w.u8(ValueTag.REQUEST);
-    writeRequest(w, value);
   } else {
+    // Bytes, or a request and its body: a head, then the bytes to the end of the payload.
+    const tail = writeValueHead(w, value);
+    if (tail !== undefined) {
+      w.bytes(tail);
+      return;
+    }
     const json = JSON.stringify(value);
     if (json === undefined) throw new WireError(`cannot encode a value of type ${typeof value}`);
     w.u8(ValueTag.JSON);
@@ -193,11 +193,6 @@ export function readValue(payload: Buffer): Value {
     default:
       throw new WireError(`unknown value tag ${tag}`);
   }
-}
-
-function writeRequest(w: RecordWriter, req: RequestData): void {
-  writeRequestHead(w, req);
-  w.bytes(req.body);
 }
 
 /** Everything of a request but its body, which follows it to the end of the payload. */

@@ -456,7 +456,7 @@ export class StageWorker {
       const value = (payload instanceof HttpRequest ? payload.data : payload) as Value;
       const tail = Buffer.isBuffer(value) ? value : value instanceof RequestData ? value.body : undefined;
       const head = (w: RecordWriter): void => void writeValueHead(w, value);
-      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value), tail?.length ?? 0, tail, head)) this.done(job);
+      if (this.emit(toNext, Kind.JOB, job.stage + 1, job, (w) => writeValue(w, value), tail, head)) this.done(job);
       return;
     }
     let reply: Reply;
@@ -466,19 +466,20 @@ export class StageWorker {
       this.fail(job, err);
       return;
     }
-    if (this.emit(this.link.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body.length, reply.body, (w) => writeResponseHead(w, reply))) this.done(job);
+    if (this.emit(this.link.toLoopback!, Kind.RESULT, job.stage, job, (w) => writeResponse(w, reply), reply.body, (w) => writeResponseHead(w, reply))) this.done(job);
   }
 
   /**
    * Writes one record for `job` whose payload `write` encodes. A payload that cannot be
    * encoded (a value JSON cannot carry, a header too long) fails the job instead; false then.
-   * A record with `size` or more bytes of body (`LARGE_RECORD_BYTES`) goes in a message of
-   * its own, never copied into a batch. When that body (`tail`) is still in the memory the
+   * A record whose payload ends with `tail`, bytes of `LARGE_RECORD_BYTES` or more, goes in a
+   * message of its own, never copied into a batch. When `tail` is still in the memory the
    * job came in, moved to this thread, the record's head (what `head` writes) goes in front
    * of it and that memory moves on, uncopied; otherwise the record is written in memory of
    * its own, which a thread of this process posts as a copy (see `PortOutbox.sendAlone`).
    */
-  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, size: number, tail?: Buffer, head?: (w: RecordWriter) => void): boolean {
+  private emit(outbox: RecordSink, kind: KindValue, stage: number, job: Job, write: (w: RecordWriter) => void, tail?: Buffer, head?: (w: RecordWriter) => void): boolean {
+    const size = tail?.length ?? 0;
     const alone = size >= LARGE_RECORD_BYTES;
     const flags = kind === Kind.JOB ? job.flags : 0;
     if (alone && job.moved !== undefined && tail !== undefined && head !== undefined) {
