@@ -1,11 +1,14 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Butterfly } from '../dist/index.js';
 import { request, start } from './helpers.js';
 import { Procs, get, parseMetrics, pollUntil, portOf, sample, stageTwoNumbers } from './split-helpers.js';
 
+const execFileP = promisify(execFile);
 const procs = new Procs();
 const cleanups: (() => Promise<void> | void)[] = [];
 
@@ -128,6 +131,29 @@ describe('metrics and health on the admin port', () => {
     expect(b.registry).toBeUndefined();
     expect(b.adminPort).toBe(0);
     expect((await request(b.port, '/is_prime?possible_prime=7')).headers['server-timing']).toBeUndefined();
+  });
+
+  it('loads prom-client only in a process that serves metrics', async () => {
+    // A fresh process each: this file's own process has loaded prom-client long since.
+    const script = (options: string): string => `
+      import { createRequire } from 'node:module';
+      import { startButterfly } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
+      const b = await startButterfly({ port: 0, workers: 1, workerLogLevel: 'warn', logLevel: 'warn', ${options} });
+      const res = await fetch('http://127.0.0.1:' + b.port + '/is_prime?possible_prime=7');
+      const loaded = Object.keys(createRequire(import.meta.url).cache).some((file) => file.includes('/prom-client/'));
+      await b.close();
+      console.log(JSON.stringify({ status: res.status, loaded }));
+    `;
+    const dir = mkdtempSync(join(tmpdir(), 'butterfly-prom-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const run = async (options: string): Promise<unknown> => {
+      const file = join(dir, `${options === '' ? 'plain' : 'metrics'}.mjs`);
+      writeFileSync(file, script(options));
+      const { stdout } = await execFileP(process.execPath, [file], { timeout: 30_000 });
+      return JSON.parse(stdout.trim().split('\n').pop()!);
+    };
+    expect(await run('')).toEqual({ status: 200, loaded: false });
+    expect(await run('adminPort: 0')).toEqual({ status: 200, loaded: true });
   });
 
   it('writes an access log line per request and serves metrics from butterflyd --admin-port', async () => {
