@@ -6,6 +6,7 @@ import {
   MAX_WORKER_SLOTS,
   WIRE_VERSION,
   allocateBody,
+  freePiece,
   encodeInPlace,
   encodeRequestJob,
   recycleBody,
@@ -36,6 +37,7 @@ import {
   receivePort,
 } from '../dist/wire/index.js';
 import { MessageChannel } from 'node:worker_threads';
+import { getHeapStatistics } from 'node:v8';
 
 function oneValue(value: unknown): Buffer {
   const w = new RecordWriter(16);
@@ -411,5 +413,24 @@ describe('large messages written in place and memory used again', () => {
     // Memory handed out as a body is no longer held whole: it is not kept twice.
     recycleBody(bodies[1]!);
     expect(allocateBody(80_000).buffer).not.toBe(bodies[1]!.buffer);
+  });
+
+  it('frees a piece alone on its memory at the end of the turn, and leaves shared or small memory alone', async () => {
+    const external = (): number => getHeapStatistics().external_memory;
+    const pieces = Array.from({ length: 32 }, () => Buffer.allocUnsafeSlow(1024 * 1024).fill(1));
+    const view = Buffer.allocUnsafeSlow(128 * 1024).fill(2).subarray(64 * 1024);
+    const offset = Buffer.from(Buffer.allocUnsafeSlow(128 * 1024).fill(3).buffer, 1);
+    const small = Buffer.allocUnsafeSlow(8 * 1024).fill(4);
+    const before = external();
+    for (const piece of [...pieces, view, offset, small]) freePiece(piece);
+    // Nothing happens before the turn ends.
+    expect(pieces.every((p) => p.length === 1024 * 1024 && p[0] === 1)).toBe(true);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(pieces.every((p) => p.length === 0 && p.buffer.byteLength === 0)).toBe(true);
+    // 32 MiB left the thread at once, not at the collector's next pass.
+    expect(before - external()).toBeGreaterThanOrEqual(32 * 1024 * 1024);
+    expect([view.length, view[0]]).toEqual([64 * 1024, 2]);
+    expect([offset.length, offset[0]]).toEqual([128 * 1024 - 1, 3]);
+    expect([small.length, small[0]]).toEqual([8 * 1024, 4]);
   });
 });

@@ -24,6 +24,7 @@ export {
   RequestData,
   allocateBody,
   recycleBody,
+  freePiece,
   encodeRequestJob,
   encodeInPlace,
   writeValue,

@@ -1,3 +1,4 @@
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Kind, type KindValue, LARGE_RECORD_BYTES, PayloadReader, RecordWriter, WireError, extendPayload } from './format.js';
 
 /** Bytes kept free in front of a body from `allocateBody`, for the head of its record. */
@@ -58,6 +59,45 @@ export function recycleBody(body: Buffer): void {
   whole.delete(memory);
   spare.push(memory);
   spareBytes += memory.byteLength;
+}
+
+/** Pieces of memory given to `freePiece` in this turn, freed together at its end. */
+const released: ArrayBuffer[] = [];
+let releaseScheduled = false;
+/** A port whose other end is closed: what is moved into it is freed at once. */
+let drain: MessagePort | undefined;
+
+/**
+ * Frees the memory of `piece` (a buffer alone on its memory, which nothing will read
+ * again) at the end of this turn, instead of when the collector next finds it: the pieces
+ * node:http reads a large body in are 1 MiB of fresh memory per MiB of body, and the
+ * collector frees them only every 32 MiB or so. Memory that swings by that much starts
+ * V8's marking of the whole heap of a thread whose heap is over 8 MiB, many times a second
+ * (bench/README.md, "Where the 1 MiB echo spends its time now"). Anything else is left
+ * alone. The memory is freed by moving it into a port whose other end is closed.
+ */
+export function freePiece(piece: Buffer): void {
+  const memory = piece.buffer;
+  if (!(memory instanceof ArrayBuffer) || piece.byteOffset !== 0 || memory.byteLength !== piece.length || piece.length < RELEASE_MIN_BYTES) return;
+  released.push(memory);
+  if (releaseScheduled) return;
+  releaseScheduled = true;
+  setImmediate(freeReleased);
+}
+
+/** Pieces smaller than this are left to the collector. */
+const RELEASE_MIN_BYTES = 16 * 1024;
+
+function freeReleased(): void {
+  releaseScheduled = false;
+  if (drain === undefined) {
+    const channel = new MessageChannel();
+    channel.port2.close();
+    drain = channel.port1;
+    drain.unref();
+  }
+  drain.postMessage(null, released);
+  released.length = 0;
 }
 
 /**

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import net, { type Socket } from 'node:net';
 import { ButterflyError } from '../../errors.js';
-import { LARGE_RECORD_BYTES, allocateBody, recycleBody, type ErrorData } from '../../wire/index.js';
+import { LARGE_RECORD_BYTES, allocateBody, freePiece, recycleBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, errorBody, refusal } from '../checks.js';
 import type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
 
@@ -332,8 +332,12 @@ export class NodeEngine implements HttpEngine {
         this.refuse(req.socket, res, BODIES_FULL);
         return;
       }
-      if (into !== undefined) chunk.copy(into, size);
-      else chunks.push(chunk);
+      if (into !== undefined) {
+        chunk.copy(into, size);
+        freePiece(chunk);
+      } else {
+        chunks.push(chunk);
+      }
       size += chunk.length;
     });
     req.on('end', () => {
