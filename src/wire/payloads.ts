@@ -66,6 +66,8 @@ const released: ArrayBuffer[] = [];
 let releaseScheduled = false;
 /** A port whose other end is closed: what is moved into it is freed at once. */
 let drain: MessagePort | undefined;
+/** Pieces smaller than this are left to the collector. */
+const RELEASE_MIN_BYTES = 16 * 1024;
 
 /**
  * Frees the memory of `piece` (a buffer alone on its memory, which nothing will read
@@ -85,9 +87,6 @@ export function freePiece(piece: Buffer): void {
   setImmediate(freeReleased);
 }
 
-/** Pieces smaller than this are left to the collector. */
-const RELEASE_MIN_BYTES = 16 * 1024;
-
 function freeReleased(): void {
   releaseScheduled = false;
   if (drain === undefined) {
@@ -96,8 +95,14 @@ function freeReleased(): void {
     drain = channel.port1;
     drain.unref();
   }
-  drain.postMessage(null, released);
+  // Memory moved elsewhere since (detached: no bytes left) cannot be moved again.
+  const pieces = released.filter((memory) => memory.byteLength > 0);
   released.length = 0;
+  try {
+    drain.postMessage(null, pieces);
+  } catch {
+    // Not movable after all: the collector frees it, as it would have.
+  }
 }
 
 /**
