@@ -28,6 +28,25 @@ describe('large bodies through two stages', () => {
     });
   }
 
+  it('echoes chunked bodies byte for byte, of every size around the one at which a record travels alone (node engine)', async () => {
+    await using bf = await start({ workers: 2, pipeline: ECHO });
+    const chunked = async (body: Buffer): Promise<Buffer> => {
+      // A stream of 64 KiB pieces, sent without a length: Transfer-Encoding: chunked.
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          for (let at = 0; at < body.length; at += 64 * 1024) controller.enqueue(body.subarray(at, at + 64 * 1024));
+          controller.close();
+        },
+      });
+      const res = await fetch(`http://127.0.0.1:${bf.port}/`, { method: 'POST', body: stream, duplex: 'half' } as RequestInit);
+      expect(res.status).toBe(200);
+      return Buffer.from(await res.arrayBuffer());
+    };
+    const bodies = SIZES.map((n) => randomBytes(n));
+    const back = await Promise.all(bodies.map(chunked));
+    back.forEach((b, i) => expect(b.equals(bodies[i]!)).toBe(true));
+  });
+
   it('hands on, without a copy, a body of 64 KiB or more that a thread stage passes on: its own view of it is empty afterwards; a smaller one it keeps', async () => {
     await using bf = await start({ workers: 1, pipeline: { stages: [{ module: fixture('keep-body.js') }, { module: fixture('answer-body.js') }] } });
     const mark = join(tempDir(), 'mark');

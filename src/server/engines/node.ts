@@ -343,6 +343,7 @@ export class NodeEngine implements HttpEngine {
     req.on('end', () => {
       if (refused) return;
       const body = into !== undefined ? (size === into.length ? into : into.subarray(0, size)) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      if (chunks.length > 1) for (const chunk of chunks) freePiece(chunk);
       this.dispatch(req.socket, makeRequest(req, method, target, headers, body), reply);
       if (declared === 0) this.goOnBehind(req.socket);
     });
