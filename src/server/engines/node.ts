@@ -1,8 +1,9 @@
 import http from 'node:http';
 import net, { type Socket } from 'node:net';
 import { ButterflyError } from '../../errors.js';
-import { LARGE_RECORD_BYTES, allocateBody, freePiece, recycleBody, type ErrorData } from '../../wire/index.js';
+import { LARGE_RECORD_BYTES, recycleBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkHead, errorBody, refusal } from '../checks.js';
+import { BodyReader } from './body.js';
 import type { EngineHandler, EngineLimits, EngineReply, EngineRequest, HttpEngine, Refusal } from './engine.js';
 
 /**
@@ -303,11 +304,7 @@ export class NodeEngine implements HttpEngine {
       this.dispatch(req.socket, makeRequest(req, method, target, headers, EMPTY), reply);
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
     let refused = false;
-    // A large body of known length is read straight into a buffer with room for its job's
-    // head in front, so that it reaches its stage without another copy.
     const length = Number(req.headers['content-length']);
     // Bodies held across the server are bounded in bytes: one that does not fit is refused
     // before it is read (by its declared length) or as it arrives (chunked).
@@ -317,11 +314,11 @@ export class NodeEngine implements HttpEngine {
       this.refuse(req.socket, res, BODIES_FULL);
       return;
     }
-    const into = length >= LARGE_RECORD_BYTES && length <= this.limits.maxBodyBytes ? allocateBody(length) : undefined;
+    const body = new BodyReader(declared, this.limits.maxBodyBytes);
     if (declared === 0) this.behindBody.set(req.socket, []);
     req.on('data', (chunk: Buffer) => {
       if (refused) return;
-      if (size + chunk.length > (into?.length ?? this.limits.maxBodyBytes)) {
+      if (!body.fits(chunk.length)) {
         refused = true;
         this.refuse(req.socket, res, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
         return;
@@ -332,19 +329,11 @@ export class NodeEngine implements HttpEngine {
         this.refuse(req.socket, res, BODIES_FULL);
         return;
       }
-      if (into !== undefined) {
-        chunk.copy(into, size);
-        freePiece(chunk);
-      } else {
-        chunks.push(chunk);
-      }
-      size += chunk.length;
+      body.add(chunk, true);
     });
     req.on('end', () => {
       if (refused) return;
-      const body = into !== undefined ? (size === into.length ? into : into.subarray(0, size)) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-      if (chunks.length > 1) for (const chunk of chunks) freePiece(chunk);
-      this.dispatch(req.socket, makeRequest(req, method, target, headers, body), reply);
+      this.dispatch(req.socket, makeRequest(req, method, target, headers, body.take()), reply);
       if (declared === 0) this.goOnBehind(req.socket);
     });
   }

@@ -1,8 +1,9 @@
 import { createRequire } from 'node:module';
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { ButterflyError, UwsUnavailableError } from '../../errors.js';
-import { LARGE_RECORD_BYTES, allocateBody, recycleBody, type ErrorData } from '../../wire/index.js';
+import { recycleBody, type ErrorData } from '../../wire/index.js';
 import { REQUEST_TIMEOUT, checkFields, checkHead, errorBody, refusal, statusLine } from '../checks.js';
+import { BodyReader } from './body.js';
 import type { EngineHandler, EngineLimits, EngineReply, HttpEngine, Refusal } from './engine.js';
 
 type Uws = typeof import('uWebSockets.js');
@@ -104,32 +105,23 @@ export class UwsEngine implements HttpEngine {
         return;
       }
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    // A large body of known length is read straight into a buffer with room for its job's
-    // head in front, so that it reaches its stage without another copy.
-    const length = chunked ? 0 : Number(contentLength);
-    const into = length >= LARGE_RECORD_BYTES && length <= this.limits.maxBodyBytes ? allocateBody(length) : undefined;
+    const body = new BodyReader(chunked ? 0 : Number(contentLength), this.limits.maxBodyBytes);
     const timer = setTimeout(() => {
       if (!reply.aborted && !reply.sent) this.refuse(reply, REQUEST_TIMEOUT);
     }, this.limits.requestReadTimeoutMs);
     reply.onAbort(() => clearTimeout(timer));
     const take = (chunk: ArrayBuffer, isLast: boolean): void => {
       if (reply.aborted || reply.sent) return;
-      const at = size;
-      size += chunk.byteLength;
-      if (size > (into?.length ?? this.limits.maxBodyBytes)) {
+      if (!body.fits(chunk.byteLength)) {
         clearTimeout(timer);
         this.refuse(reply, refusal('BF_ERR_BODY_TOO_LARGE', `body larger than ${this.limits.maxBodyBytes} bytes`));
         return;
       }
-      // The chunk's memory is uWS's and is reused after this callback: copy it.
-      if (into !== undefined) into.set(new Uint8Array(chunk), at);
-      else chunks.push(Buffer.from(new Uint8Array(chunk)));
+      // The chunk's memory is uWS's and is reused after this callback: it is copied.
+      body.add(Buffer.from(chunk), false);
       if (isLast) {
         clearTimeout(timer);
-        const body = into !== undefined ? (size === into.length ? into : into.subarray(0, size)) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-        this.handler({ method, target, httpVersion: '1.1', headers, body, remoteAddress }, reply);
+        this.handler({ method, target, httpVersion: '1.1', headers, body: body.take(), remoteAddress }, reply);
       }
     };
     res.onData((chunk, isLast) => {
