@@ -13,8 +13,9 @@ function markFile(): string {
 function markOf(path: string, unless: string): Promise<string> {
   return pollUntil(`${path} written`, async () => {
     try {
+      // writeFileSync empties the file before it writes: an empty read is a write under way.
       const text = readFileSync(path, 'utf8');
-      return text === unless ? undefined : text;
+      return text === unless || text === '' ? undefined : text;
     } catch {
       return undefined;
     }
